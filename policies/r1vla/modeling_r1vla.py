@@ -1,0 +1,147 @@
+"""The `r1vla` LeRobot policy: adapters' Qwen2.5-VL backbone -> vla's action head.
+
+Checkpoints (`pretrained_model/model.safetensors`) hold the head and the *trainable* backbone weights only
+(LoRA adapters in `lora` mode, everything in `full` mode); a frozen backbone is reloaded from `backbone_path`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from adapters import build_backbone
+from vla import VLAModel, make_head
+
+from .configuration_r1vla import RENAME_HINT, R1VLAConfig
+from .processor_r1vla import PROMPT_KEY
+
+SAFETENSORS_FILE = "model.safetensors"
+
+
+def head_overrides(config: R1VLAConfig) -> dict:
+    """The policy config's flat head fields -> the chosen head's config fields (None = head default)."""
+    if config.head == "flow":
+        fields = {
+            "hidden_dim": config.head_hidden,
+            "num_layers": config.head_layers,
+            "num_heads": config.head_heads,
+            "num_vl_layers": config.vl_self_attn_layers,
+            "num_future_tokens": config.num_future_tokens,
+            "dropout": config.head_dropout,
+            "num_inference_steps": config.num_inference_steps,
+        }
+    else:
+        fields = {"hidden_dim": config.head_hidden, "num_blocks": config.head_layers}
+    return {"chunk_size": config.chunk_size, **{k: v for k, v in fields.items() if v is not None}}
+
+
+class R1VLAPolicy(PreTrainedPolicy):
+    config_class = R1VLAConfig
+    name = "r1vla"
+
+    def __init__(self, config: R1VLAConfig, **kwargs):  # make_policy passes dataset_stats=, dataset_meta=
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        backbone = build_backbone(config.backbone_config())
+        head = make_head(
+            config.head, head_overrides(config), backbone.hidden_size, config.state_dim, config.action_dim
+        )
+        self.model = VLAModel(backbone, head)
+        self.reset()
+
+    # --- LeRobot API ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    def get_optim_params(self) -> list[dict]:
+        """Head at `optimizer_lr`; a trainable backbone (lora/full) at `optimizer_backbone_lr_scale` x that."""
+        head, backbone = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (backbone if name.startswith("model.backbone.") else head).append(p)
+        groups = [{"params": head}]
+        if backbone:
+            groups.append(
+                {"params": backbone, "lr": self.config.optimizer_lr * self.config.optimizer_backbone_lr_scale}
+            )
+        return groups
+
+    def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
+        inputs = self._model_inputs(batch)
+        inputs["actions"] = batch[ACTION]  # (B, H, A) normalised
+        inputs["action_is_pad"] = batch.get(f"{ACTION}_is_pad")  # (B, H) bool or None
+        loss, info = self.model.loss(inputs)
+        return loss, info
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        actions = self.model.sample(self._model_inputs(batch))  # (B, H, A) normalised
+        if not torch.isfinite(actions).all():
+            raise FloatingPointError(
+                f"r1vla produced non-finite actions ({int((~torch.isfinite(actions)).sum())} values); refusing to "
+                "send them to a robot. Check the checkpoint and the normalisation stats."
+            )
+        return actions
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """One action per call, served from a queue refilled every `n_action_steps` calls."""
+        self.eval()
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]  # (B, n, A)
+            self._queue.extend(chunk.transpose(0, 1))  # n x (B, A)
+        return self._queue.popleft()
+
+    # --- batch -> the plain-dict contract of vla.VLAModel -------------------------------------------------
+    def _model_inputs(self, batch: dict[str, Tensor]) -> dict:
+        missing = [k for k in self.config.image_keys if k not in batch]
+        if missing:
+            found = sorted(k for k in batch if k.startswith("observation.images."))
+            raise KeyError(
+                f"r1vla reads cameras {list(self.config.image_keys)}; missing {missing}, found {found}; {RENAME_HINT}"
+            )
+        images = torch.stack([batch[k] for k in self.config.image_keys], dim=1)  # (B, V, 3, H, W) in [0, 1]
+        texts = batch.get(PROMPT_KEY)
+        if texts is None:
+            raise KeyError("r1vla needs the prompt built by its preprocessor (`r1vla_prompt_processor`)")
+        return {"images": images, "texts": list(texts), "state": batch[OBS_STATE]}
+
+    # --- checkpoints: head + trainable backbone weights only ----------------------------------------------
+    def _frozen_keys(self) -> set[str]:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k for k in self.state_dict() if k.startswith("model.backbone.") and k not in trainable}
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.config._save_pretrained(save_directory)
+        frozen = self._frozen_keys()
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in frozen}
+        save_file(state, str(Path(save_directory) / SAFETENSORS_FILE))
+
+    @classmethod
+    def _load_as_safetensor(cls, model: R1VLAPolicy, model_file: str, map_location: str, strict: bool):
+        state = load_file(model_file, device=str(map_location) if map_location else "cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        frozen = model._frozen_keys()
+        bad_missing = [k for k in missing if k not in frozen]
+        if bad_missing or unexpected:
+            raise RuntimeError(
+                f"{model_file} does not match this r1vla config (backbone {model.config.backbone!r}, mode "
+                f"{model.config.backbone_mode!r}, head {model.config.head!r}): missing {bad_missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        logging.info(
+            "r1vla: loaded %d tensors from %s; %d frozen backbone tensors from %s",
+            len(state),
+            model_file,
+            len(frozen),
+            model.config.backbone_path or f"the {model.config.backbone!r} preset",
+        )
+        return model

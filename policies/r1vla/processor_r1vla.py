@@ -1,0 +1,113 @@
+"""Pre/post-processing pipelines of the `r1vla` policy.
+
+preprocessor:  rename -> add batch dim -> prompt (needs the raw state) -> device -> normalize state/actions
+postprocessor: unnormalize actions -> cpu
+
+Step registry names are the ones LeRobot's scripts override: `lerobot-eval` replaces `device_processor` and
+`rename_observations_processor`; `lerobot-train --policy.path` replaces `normalizer_processor` and
+`unnormalizer_processor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lerobot.configs.types import PipelineFeatureType, PolicyFeature
+from lerobot.processor import (
+    AddBatchDimensionProcessorStep,
+    DeviceProcessorStep,
+    NormalizerProcessorStep,
+    PolicyAction,
+    PolicyProcessorPipeline,
+    ProcessorStep,
+    ProcessorStepRegistry,
+    RenameObservationsProcessorStep,
+    UnnormalizerProcessorStep,
+)
+from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+from lerobot.processor.core import EnvTransition, TransitionKey
+from lerobot.utils.constants import (
+    OBS_STATE,
+    POLICY_POSTPROCESSOR_DEFAULT_NAME,
+    POLICY_PREPROCESSOR_DEFAULT_NAME,
+)
+
+from adapters.prompts import build_prompt
+
+from .configuration_r1vla import R1VLAConfig
+
+PROMPT_KEY = "prompt"  # complementary-data key holding the finished backbone text, one per sample
+
+
+@ProcessorStepRegistry.register(name="r1vla_prompt_processor")
+@dataclass
+class R1VLAPromptProcessorStep(ProcessorStep):
+    """Builds the backbone's user text from the task string (and, for the Robot-R1 style, the raw eef
+    position). Runs before normalisation so the prompt sees the state in metres."""
+
+    style: str = "plain"
+
+    def __call__(self, transition: EnvTransition) -> EnvTransition:
+        new = transition.copy()
+        comp = dict(new.get(TransitionKey.COMPLEMENTARY_DATA) or {})
+        tasks = comp.get("task")
+        if tasks is None:
+            raise ValueError("r1vla needs the task instruction ('task' in the batch); none was given")
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        state = (new.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
+        states = None if state is None else torch.as_tensor(state).reshape(len(tasks), -1).cpu().tolist()
+        comp[PROMPT_KEY] = [
+            build_prompt(self.style, task, None if states is None else states[i])
+            for i, task in enumerate(tasks)
+        ]
+        new[TransitionKey.COMPLEMENTARY_DATA] = comp
+        return new
+
+    def get_config(self) -> dict[str, Any]:
+        return {"style": self.style}
+
+    def transform_features(
+        self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
+    ) -> dict[PipelineFeatureType, dict[str, PolicyFeature]]:
+        return features
+
+
+def make_r1vla_pre_post_processors(
+    config: R1VLAConfig,
+    dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
+    PolicyProcessorPipeline[PolicyAction, PolicyAction],
+]:
+    features = {**config.input_features, **config.output_features}
+    input_steps = [
+        RenameObservationsProcessorStep(rename_map={}),
+        AddBatchDimensionProcessorStep(),
+        R1VLAPromptProcessorStep(style=config.backbone_config().prompt_style_name),
+        DeviceProcessorStep(device=config.device),
+        NormalizerProcessorStep(
+            features=features,
+            norm_map=config.normalization_mapping,
+            stats=dataset_stats,
+            device=config.device,
+        ),
+    ]
+    output_steps = [
+        UnnormalizerProcessorStep(
+            features=config.output_features, norm_map=config.normalization_mapping, stats=dataset_stats
+        ),
+        DeviceProcessorStep(device="cpu"),
+    ]
+    return (
+        PolicyProcessorPipeline[dict[str, Any], dict[str, Any]](
+            steps=input_steps, name=POLICY_PREPROCESSOR_DEFAULT_NAME
+        ),
+        PolicyProcessorPipeline[PolicyAction, PolicyAction](
+            steps=output_steps,
+            name=POLICY_POSTPROCESSOR_DEFAULT_NAME,
+            to_transition=policy_action_to_transition,
+            to_output=transition_to_policy_action,
+        ),
+    )
