@@ -10,11 +10,12 @@ Step registry names are the ones LeRobot's scripts override: `lerobot-eval` repl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lerobot.configs.types import PipelineFeatureType, PolicyFeature
+from lerobot.configs.types import FeatureType, PipelineFeatureType, PolicyFeature
 from lerobot.processor import (
     AddBatchDimensionProcessorStep,
     DeviceProcessorStep,
@@ -74,6 +75,20 @@ class R1VLAPromptProcessorStep(ProcessorStep):
         return features
 
 
+def camera_rename_map(config: R1VLAConfig) -> dict[str, str]:
+    """Dataset camera names -> the policy's `image_keys`, for datasets that name cameras otherwise (e.g.
+    `observation.images.wrist_image`). LeRobot 0.4.4's lerobot-train applies `--rename_map` to the processors
+    only when fine-tuning from `--policy.path`; this map makes a from-scratch run read the same cameras.
+    Cameras already named as an image key keep it; the others are assigned in dataset order."""
+    cameras = [k for k, ft in config.input_features.items() if ft.type is FeatureType.VISUAL]
+    others = [k for k in cameras if k not in config.image_keys]
+    free = [k for k in config.image_keys if k not in cameras]
+    rename = dict(zip(others, free, strict=True)) if len(others) == len(free) else {}
+    if rename:
+        logging.getLogger(__name__).info("r1vla cameras: %s", rename)
+    return rename
+
+
 def make_r1vla_pre_post_processors(
     config: R1VLAConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -83,7 +98,7 @@ def make_r1vla_pre_post_processors(
 ]:
     features = {**config.input_features, **config.output_features}
     input_steps = [
-        RenameObservationsProcessorStep(rename_map={}),
+        RenameObservationsProcessorStep(rename_map=camera_rename_map(config)),
         AddBatchDimensionProcessorStep(),
         R1VLAPromptProcessorStep(style=config.backbone_config().prompt_style_name),
         DeviceProcessorStep(device=config.device),
