@@ -148,7 +148,7 @@ def test_non_finite_actions_raise():
 
 def test_bad_configs_name_values_and_choices():
     with pytest.raises(ValueError, match="unknown head 'flwo'.*did you mean 'flow'.*valid: flow, l1"):
-        make_config("flow", head="flwo")
+        R1VLAConfig(device="cpu", head="flwo")
     with pytest.raises(ValueError, match=r"n_action_steps \(9\) must be <= chunk_size \(8\)"):
         make_config("l1", n_action_steps=9)
     with pytest.raises(ValueError, match="robot_r2"):
