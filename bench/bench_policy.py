@@ -58,8 +58,13 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_head(head: str, size: str, repeats: int) -> None:
-    cfg = R1VLAConfig(device="cpu", head=head, input_features=FEATURES_IN,
-                      output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))}, **SIZES[size][head])
+    cfg = R1VLAConfig(
+        device="cpu",
+        head=head,
+        input_features=FEATURES_IN,
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))},
+        **SIZES[size][head],
+    )
     policy = R1VLAPolicy(cfg)
     pre, _ = make_r1vla_pre_post_processors(cfg, STATS)
     b1, b8 = pre(batch_of(1, cfg.chunk_size)), pre(batch_of(8, cfg.chunk_size))
@@ -89,14 +94,18 @@ def bench_head(head: str, size: str, repeats: int) -> None:
     hook.remove()
 
     n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    print(f"[{head}/{size}] chunk H={cfg.chunk_size}, n_action_steps={cfg.n_action_steps}, "
-          f"trainable params {n_trainable / 1e6:.2f} M, torch threads {torch.get_num_threads()}")
+    print(
+        f"[{head}/{size}] chunk H={cfg.chunk_size}, n_action_steps={cfg.n_action_steps}, "
+        f"trainable params {n_trainable / 1e6:.2f} M, torch threads {torch.get_num_threads()}"
+    )
     print(f"  inference latency per chunk, batch 1   : {t1 * 1e3:8.1f} ms")
     print(f"  inference latency per chunk, batch 8   : {t8 * 1e3:8.1f} ms")
     print(f"  per-sample cost batch 8 / batch 1      : {t8 / 8 / t1:8.3f}   (goal <= 0.3)")
     print(f"  training samples/s (batch 8, fwd+bwd)  : {8 / t_train:8.1f}")
-    print(f"  backbone calls per env step            : {len(calls) / n_steps:8.4f}   "
-          f"(1/n_action_steps = {1 / cfg.n_action_steps:.4f})")
+    print(
+        f"  backbone calls per env step            : {len(calls) / n_steps:8.4f}   "
+        f"(1/n_action_steps = {1 / cfg.n_action_steps:.4f})"
+    )
 
 
 def main() -> None:

@@ -20,10 +20,21 @@ def make_libero_like_dataset(
         "observation.images.image": image,
         f"observation.images.{wrist_key}": image,
         "observation.state": {"dtype": "float32", "shape": (8,), "names": {"motors": STATE_NAMES}},
-        "action": {"dtype": "float32", "shape": (7,), "names": {"motors": ["dx", "dy", "dz", "drx", "dry", "drz", "g"]}},
+        "action": {
+            "dtype": "float32",
+            "shape": (7,),
+            "names": {"motors": ["dx", "dy", "dz", "drx", "dry", "drz", "g"]},
+        },
     }
-    ds = LeRobotDataset.create(repo_id="local/libero_like", fps=10, features=features, root=root,
-                               robot_type="panda", use_videos=False, image_writer_threads=0)
+    ds = LeRobotDataset.create(
+        repo_id="local/libero_like",
+        fps=10,
+        features=features,
+        root=root,
+        robot_type="panda",
+        use_videos=False,
+        image_writer_threads=0,
+    )
     rng = np.random.default_rng(seed)
     tasks = ["put the bowl on the plate", "pick up the alphabet soup and place it in the basket"]
     for ep in range(episodes):
@@ -31,13 +42,15 @@ def make_libero_like_dataset(
         for _ in range(frames):
             action = np.clip(rng.normal(0, 0.4, 7), -1, 1).astype(np.float32)
             action[6] = 1.0 if rng.random() < 0.5 else -1.0
-            ds.add_frame({
-                "observation.images.image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-                f"observation.images.{wrist_key}": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-                "observation.state": state.copy(),
-                "action": action,
-                "task": tasks[ep % len(tasks)],
-            })
+            ds.add_frame(
+                {
+                    "observation.images.image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                    f"observation.images.{wrist_key}": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                    "observation.state": state.copy(),
+                    "action": action,
+                    "task": tasks[ep % len(tasks)],
+                }
+            )
             state[:3] += 0.01 * action[:3]
         ds.save_episode()
     ds.finalize()

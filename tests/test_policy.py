@@ -39,8 +39,14 @@ CLI_SMALL = {h: [f"--policy.{k}={v}" for k, v in kw.items()] for h, kw in SMALL.
 
 
 def make_config(head: str = "flow", **kw) -> R1VLAConfig:
-    return R1VLAConfig(device="cpu", head=head, image_size=56, input_features=dict(FEATURES_IN),
-                       output_features=dict(FEATURES_OUT), **{**SMALL[head], **kw})
+    return R1VLAConfig(
+        device="cpu",
+        head=head,
+        image_size=56,
+        input_features=dict(FEATURES_IN),
+        output_features=dict(FEATURES_OUT),
+        **{**SMALL[head], **kw},
+    )
 
 
 def make_batch(cfg: R1VLAConfig, b: int = 3, seed: int = 0) -> dict:
@@ -110,7 +116,9 @@ def test_save_load_identical_actions_and_no_frozen_weights(tmp_path, head, mode)
     if mode == "frozen":
         assert backbone_saved == []
     else:
-        assert backbone_saved and set(backbone_saved) <= trainable | {k for k in policy.state_dict() if "lora" in k}
+        assert backbone_saved and set(backbone_saved) <= trainable | {
+            k for k in policy.state_dict() if "lora" in k
+        }
     reloaded = R1VLAPolicy.from_pretrained(tmp_path)
     policy.eval()
     torch.manual_seed(7)
@@ -155,13 +163,19 @@ def test_bad_configs_name_values_and_choices():
         make_config(backbone="robot_r2")
     no_wrist = {k: v for k, v in FEATURES_IN.items() if k != "observation.images.image2"}
     with pytest.raises(ValueError, match=r"2 cameras.*observation.images.image2.*rename_map"):
-        R1VLAConfig(device="cpu", input_features=no_wrist, output_features=dict(FEATURES_OUT)).validate_features()
+        R1VLAConfig(
+            device="cpu", input_features=no_wrist, output_features=dict(FEATURES_OUT)
+        ).validate_features()
     wrong_state = {**FEATURES_IN, "observation.state": PolicyFeature(FeatureType.STATE, (9,))}
     with pytest.raises(ValueError, match=r"shape \(8,\).*found \(9,\)"):
-        R1VLAConfig(device="cpu", input_features=wrong_state, output_features=dict(FEATURES_OUT)).validate_features()
+        R1VLAConfig(
+            device="cpu", input_features=wrong_state, output_features=dict(FEATURES_OUT)
+        ).validate_features()
     wrong_action = {"action": PolicyFeature(FeatureType.ACTION, (6,))}
     with pytest.raises(ValueError, match=r"shape \(7,\).*found \(6,\)"):
-        R1VLAConfig(device="cpu", input_features=dict(FEATURES_IN), output_features=wrong_action).validate_features()
+        R1VLAConfig(
+            device="cpu", input_features=dict(FEATURES_IN), output_features=wrong_action
+        ).validate_features()
 
 
 # --- lerobot-train / lerobot-eval, as a user runs them -------------------------------------------------------
@@ -170,12 +184,32 @@ def libero_like(tmp_path_factory) -> Path:
     return make_libero_like_dataset(tmp_path_factory.mktemp("data") / "libero_like", episodes=2, frames=16)
 
 
-def _train(out: Path, dataset: Path, *args: str, entry: str = "r1vla", steps: int = 2) -> subprocess.CompletedProcess:
-    cmd = [str(REPO / ".venv/bin/r1vla"), "train"] if entry == "r1vla" else [str(REPO / ".venv/bin/lerobot-train")]
-    cmd += ["--policy.type=r1vla", "--policy.backbone=tiny", "--policy.device=cpu", "--policy.image_size=56",
-            "--dataset.repo_id=local/libero_like", f"--dataset.root={dataset}", f"--output_dir={out}",
-            f"--steps={steps}", "--batch_size=2", f"--save_freq={steps}", "--log_freq=1", "--num_workers=0", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"})
+def _train(
+    out: Path, dataset: Path, *args: str, entry: str = "r1vla", steps: int = 2
+) -> subprocess.CompletedProcess:
+    cmd = (
+        [str(REPO / ".venv/bin/r1vla"), "train"]
+        if entry == "r1vla"
+        else [str(REPO / ".venv/bin/lerobot-train")]
+    )
+    cmd += [
+        "--policy.type=r1vla",
+        "--policy.backbone=tiny",
+        "--policy.device=cpu",
+        "--policy.image_size=56",
+        "--dataset.repo_id=local/libero_like",
+        f"--dataset.root={dataset}",
+        f"--output_dir={out}",
+        f"--steps={steps}",
+        "--batch_size=2",
+        f"--save_freq={steps}",
+        "--log_freq=1",
+        "--num_workers=0",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -183,8 +217,14 @@ def _train(out: Path, dataset: Path, *args: str, entry: str = "r1vla", steps: in
 @pytest.mark.parametrize("head,mode", [(h, m) for h in ("flow", "l1") for m in ("frozen", "lora", "full")])
 def test_r1vla_train_each_head_and_mode(tmp_path, libero_like, head, mode):
     out = tmp_path / "run"
-    _train(out, libero_like, f"--policy.head={head}", f"--policy.backbone_mode={mode}", "--policy.lora_r=4",
-           *CLI_SMALL[head])
+    _train(
+        out,
+        libero_like,
+        f"--policy.head={head}",
+        f"--policy.backbone_mode={mode}",
+        "--policy.lora_r=4",
+        *CLI_SMALL[head],
+    )
     ckpt = out / "checkpoints" / "last" / "pretrained_model"
     assert json.loads((ckpt / "config.json").read_text())["backbone_mode"] == mode
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -213,26 +253,53 @@ def test_lerobot_eval_processor_overrides_accepted(tmp_path, libero_like):
     ckpt = tmp_path / "run/checkpoints/last/pretrained_model"
     cfg = PreTrainedConfig.from_pretrained(ckpt)
     pre, post = make_pre_post_processors(  # exactly what lerobot-eval 0.4.4 passes
-        policy_cfg=cfg, pretrained_path=str(ckpt),
-        preprocessor_overrides={"device_processor": {"device": "cpu"}, "rename_observations_processor": {"rename_map": {}}},
+        policy_cfg=cfg,
+        pretrained_path=str(ckpt),
+        preprocessor_overrides={
+            "device_processor": {"device": "cpu"},
+            "rename_observations_processor": {"rename_map": {}},
+        },
     )
     policy = R1VLAPolicy.from_pretrained(ckpt)
     batch = make_batch(cfg, b=1)
     action = post(policy.select_action(pre(one_obs(batch))))
     assert action.shape == (1, 7) and torch.isfinite(action).all()
     assert [s.__class__.__name__ for s in pre.steps][:3] == [
-        "RenameObservationsProcessorStep", "AddBatchDimensionProcessorStep", "R1VLAPromptProcessorStep"]
+        "RenameObservationsProcessorStep",
+        "AddBatchDimensionProcessorStep",
+        "R1VLAPromptProcessorStep",
+    ]
 
 
 @pytest.mark.slow
 def test_two_cpu_ranks_train(tmp_path, libero_like):
     """Multi-process training through accelerate, as on GPUs (2 CPU ranks, gloo)."""
     out = tmp_path / "run"
-    cmd = [str(REPO / ".venv/bin/accelerate"), "launch", "--cpu", "--num_processes=2", "--num_machines=1",
-           "--mixed_precision=no", "--dynamo_backend=no", "-m", "r1vla.train", "--policy.type=r1vla",
-           "--policy.backbone=tiny", "--policy.device=cpu", "--policy.image_size=56", "--policy.head=l1",
-           *CLI_SMALL["l1"], "--dataset.repo_id=local/libero_like", f"--dataset.root={libero_like}",
-           f"--output_dir={out}", "--steps=2", "--batch_size=2", "--save_freq=2", "--log_freq=1", "--num_workers=0"]
+    cmd = [
+        str(REPO / ".venv/bin/accelerate"),
+        "launch",
+        "--cpu",
+        "--num_processes=2",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "-m",
+        "r1vla.train",
+        "--policy.type=r1vla",
+        "--policy.backbone=tiny",
+        "--policy.device=cpu",
+        "--policy.image_size=56",
+        "--policy.head=l1",
+        *CLI_SMALL["l1"],
+        "--dataset.repo_id=local/libero_like",
+        f"--dataset.root={libero_like}",
+        f"--output_dir={out}",
+        "--steps=2",
+        "--batch_size=2",
+        "--save_freq=2",
+        "--log_freq=1",
+        "--num_workers=0",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 x 2 = 4" in proc.stdout + proc.stderr  # lerobot-train's effective batch across the two ranks

@@ -196,7 +196,9 @@ def masked_mean(err: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
     real = ~is_pad[..., None]  # (B,H,1)
     n = real.sum() * err.shape[-1]
     if not bool(n):
-        raise ValueError("every action step in the batch is padding (action_is_pad all True); nothing to learn")
+        raise ValueError(
+            "every action step in the batch is padding (action_is_pad all True); nothing to learn"
+        )
     return torch.where(real, err, torch.zeros_like(err)).sum() / n
 
 
@@ -206,6 +208,8 @@ def check_actions(actions: torch.Tensor, is_pad: torch.Tensor, state: torch.Tens
     if actions.shape != (B, H, A):
         raise ValueError(f"actions must be (B={B}, H={H}, A={A}); got {tuple(actions.shape)}")
     if is_pad.shape != (B, H) or is_pad.dtype != torch.bool:
-        raise ValueError(f"action_is_pad must be bool (B={B}, H={H}); got {tuple(is_pad.shape)} {is_pad.dtype}")
+        raise ValueError(
+            f"action_is_pad must be bool (B={B}, H={H}); got {tuple(is_pad.shape)} {is_pad.dtype}"
+        )
     if state.shape != (B, head.state_dim):
         raise ValueError(f"state must be (B, S={head.state_dim}); got {tuple(state.shape)}")
