@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from lerobot.scripts import lerobot_train
 
+    from r1vla import fastdata
+
+    fastdata.install()  # action chunks without decoding the future frames' images (see r1vla/fastdata.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     lerobot_train.WandBLogger = (
         TensorBoardLogger  # the only hook: the name lerobot_train resolves at run time

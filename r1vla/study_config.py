@@ -1,0 +1,249 @@
+"""The study's configuration: a readable YAML file, validated whole before any work starts.
+
+name: tiny
+baseline: sft                       # the label every other backbone is compared against
+backbones:                          # label -> backbone preset key and checkpoint (hub id or folder)
+  - {label: robot_r1, key: robot_r1, path: /ckpt/robot-r1}
+  - {label: sft, key: sft, path: /ckpt/sft}
+data: {source: generate, suites: [libero_object], tasks: "0", episodes_per_task: 3, heldout_per_task: 1}
+policy: {head: flow, backbone_mode: frozen}        # any --policy.* field of the r1vla policy
+train: {steps: 60000, batch_size: 32, seed: 42}
+eval: {suites: [spatial, object, goal, long], init_states: "0-49", seeds: [7], protocol: standard}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from adapters import get_preset
+from eval_libero.suites import PROTOCOLS, parse_index_list, parse_suites, resolve_suite
+
+DATA_SOURCES = ("generate", "local", "hub")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    label: str  # name in reports; unique
+    key: str  # adapters preset: qwen2_5_vl | robot_r1 | sft | tiny
+    path: str | None = None  # hub id or local folder (required for robot_r1 / sft)
+    standin_seed: int | None = None  # build a tiny random stand-in with this seed at `path` (tiny study only)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "generate"  # generate (scripted expert) | local (a LeRobotDataset folder) | hub
+    repo_id: str = "local/libero_demos"  # dataset repo id (hub: e.g. HuggingFaceVLA/libero)
+    root: str | None = None  # local dataset folder (source=local)
+    suites: tuple[str, ...] = ("libero_object",)  # generate: suites to demonstrate
+    tasks: str | None = None  # generate: task ids, e.g. "0,3" (None = all)
+    episodes_per_task: int = 10  # generate: training episodes per task
+    heldout_per_task: int = 1  # episodes per task kept out of training for the offline action error
+    noise: float = 0.0  # generate: expert action noise
+    workers: int = 1  # generate: env processes
+    seed: int = 0  # generate: expert seed
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int = 60000  # optimisation steps
+    batch_size: int = 32  # per process
+    seed: int = 42  # same for every backbone: same init of the head, same data order
+    num_workers: int = 4  # dataloader workers
+    save_freq: int = 10000  # checkpoint every N steps (an interrupted run resumes from the last one)
+    log_freq: int = 100  # TensorBoard / console logging
+    device: str = "auto"  # auto = cuda when available, else cpu
+    launcher: tuple[str, ...] = ()  # e.g. [accelerate, launch, --num_processes, "8"]; empty = one process
+    extra_args: tuple[str, ...] = ()  # passed to lerobot-train verbatim
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    suites: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+    tasks: str | None = None  # None = all 10 per suite
+    init_states: str | None = None  # None = all 50
+    seeds: tuple[int, ...] = (7,)  # evaluation seeds (paired across backbones)
+    max_steps: int | None = None  # override the protocol's step caps (smoke runs; recorded)
+    protocol: str = "standard"  # standard (OpenVLA/openpi caps) | lerobot044
+    workers: int = 1  # env worker processes
+    video_every: int = 0  # save every N-th episode as mp4 (0 = none)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    backbones: tuple[BackboneSpec, ...]
+    baseline: str
+    data: DataSpec = DataSpec()
+    policy: dict = field(default_factory=dict)
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    standin_note: bool = False  # the report says plainly that stand-in backbones were used
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls, raw: dict, where: str):
+    """A frozen dataclass from a dict, naming unknown fields and their closest valid one."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(raw).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown field {where}.{key}{hint}; valid: {', '.join(names)}")
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(
+        **{k: tuple(v) if "tuple" in str(types[k]) and isinstance(v, list) else v for k, v in raw.items()}
+    )
+
+
+def from_dict(raw: dict) -> StudyConfig:
+    raw = dict(raw)
+    backbones = tuple(_build(BackboneSpec, b, "backbones[]") for b in raw.pop("backbones", []))
+    sections = {"data": DataSpec, "train": TrainSpec, "eval": EvalSpec}
+    built = {k: _build(cls, raw.pop(k, {}), k) for k, cls in sections.items()}
+    cfg = _build(StudyConfig, {**raw, "backbones": backbones}, "study")
+    return validate(dataclasses.replace(cfg, **built))
+
+
+def load(path: str | Path) -> StudyConfig:
+    with open(path, encoding="utf-8") as f:
+        return from_dict(yaml.safe_load(f) or {})
+
+
+def with_paths(cfg: StudyConfig, assignments: list[str]) -> StudyConfig:
+    """Apply `--backbone LABEL=PATH` overrides (the checkpoints of a preset's backbones)."""
+    labels = {b.label: b for b in cfg.backbones}
+    for item in assignments:
+        label, sep, path = item.partition("=")
+        if not sep or label not in labels:
+            raise ValueError(f"--backbone {item!r}: use LABEL=PATH with LABEL one of {', '.join(labels)}")
+        labels[label] = dataclasses.replace(labels[label], path=path)
+    return validate(dataclasses.replace(cfg, backbones=tuple(labels.values())))
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Every check that can fail before any work starts."""
+    if not cfg.backbones:
+        raise ValueError("the study names no backbones (backbones: [{label, key, path}, ...])")
+    labels = [b.label for b in cfg.backbones]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"backbone label(s) {dupes} appear twice; labels must be unique: {labels}")
+    if cfg.baseline not in labels:
+        raise ValueError(f"baseline {cfg.baseline!r} is not a backbone label; valid: {', '.join(labels)}")
+    for b in cfg.backbones:
+        preset = get_preset(b.key)  # unknown key -> error with the valid keys
+        if b.standin_seed is not None:
+            continue  # built by the study itself
+        if preset.path_required and not b.path:
+            raise ValueError(
+                f"backbone {b.label!r} ({b.key}) needs a checkpoint: {preset.description} "
+                f"Set its path in the config or pass --backbone {b.label}=/path/to/checkpoint"
+            )
+        if b.path and not os.path.isdir(b.path) and not HUB_ID.match(b.path):
+            raise ValueError(
+                f"backbone {b.label!r}: checkpoint {b.path!r} is neither a folder on this machine "
+                "nor a hub id (org/name)"
+            )
+    if cfg.data.source not in DATA_SOURCES:
+        raise ValueError(f"unknown data.source {cfg.data.source!r}; valid: {', '.join(DATA_SOURCES)}")
+    if cfg.data.source == "local" and not (cfg.data.root and os.path.isdir(cfg.data.root)):
+        raise ValueError(
+            f"data.source=local needs data.root, an existing dataset folder; got {cfg.data.root!r}"
+        )
+    if cfg.data.source == "generate":
+        for s in parse_suites(list(cfg.data.suites)):
+            parse_index_list(cfg.data.tasks, s.n_tasks, f"{s.name} task id")
+    for s in parse_suites(list(cfg.eval.suites)):
+        parse_index_list(cfg.eval.tasks, s.n_tasks, f"{s.name} task id")
+    parse_index_list(cfg.eval.init_states, 50, "init state")
+    if cfg.eval.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown eval.protocol {cfg.eval.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    for key in cfg.policy:
+        if key in ("backbone", "backbone_path", "type", "device"):
+            raise ValueError(f"policy.{key} is set per backbone / by the study; remove it from `policy:`")
+    _check_policy_fields(cfg.policy)
+    return cfg
+
+
+def _check_policy_fields(policy: dict) -> None:
+    from policies.r1vla import R1VLAConfig
+
+    names = [f.name for f in dataclasses.fields(R1VLAConfig)]
+    for key in policy:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown policy field {key!r}{hint}; see policies/r1vla/configuration_r1vla.py")
+
+
+def _suites(*names: str) -> tuple[str, ...]:
+    return tuple(resolve_suite(n).name for n in names)
+
+
+PRESETS: dict[str, StudyConfig] = {
+    # Robot-R1 App. F: GR00T-N1.5-style flow head on a frozen Qwen2.5-VL-7B, batch 32, 60k steps, 4 suites,
+    # standard protocol, 10 tasks x 50 init states. Needs GPUs and the two checkpoints.
+    "paper": StudyConfig(
+        name="paper",
+        backbones=(BackboneSpec("robot_r1", "robot_r1"), BackboneSpec("sft", "sft")),
+        baseline="sft",
+        data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
+        policy={"head": "flow", "backbone_mode": "frozen"},
+        train=TrainSpec(steps=60000, batch_size=32, seed=42),
+        eval=EvalSpec(suites=_suites("spatial", "object", "goal", "long"), seeds=(7,), workers=8),
+    ),
+    # The embedded default: two random tiny stand-ins (seeds 0 and 1) loaded through the robot_r1 / sft code
+    # path, demos generated here, a short CPU fine-tune, short-capped episodes. <= 30 min on 2 CPU cores.
+    "tiny": StudyConfig(
+        name="tiny",
+        backbones=(
+            BackboneSpec("robot_r1", "robot_r1", standin_seed=0),
+            BackboneSpec("sft", "sft", standin_seed=1),
+        ),
+        baseline="sft",
+        data=DataSpec(
+            source="generate",
+            suites=("libero_object",),
+            tasks="0,1",
+            episodes_per_task=3,
+            heldout_per_task=1,
+            workers=2,
+        ),
+        policy={"head": "l1", "image_size": 112, "head_hidden": 128, "head_layers": 2},
+        train=TrainSpec(
+            steps=300, batch_size=8, seed=42, num_workers=0, save_freq=100, log_freq=10, device="cpu"
+        ),
+        eval=EvalSpec(
+            suites=("libero_object",), tasks="0,1", init_states="0-1", seeds=(7,), max_steps=120, workers=2
+        ),
+        standin_note=True,
+    ),
+}
+
+
+def preset(name: str) -> StudyConfig:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown study preset {name!r}{hint}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
