@@ -1,0 +1,458 @@
+"""LIBERO evaluation harness: real LIBERO episodes at short caps, resume, workers, shards, bad input, LeRobot compat.
+
+The policy under test is a tiny LeRobot policy defined here (type `eval_probe`), never the project's `r1vla`.
+Subprocesses import this module to register it (`sys.path` = tests/, `import test_eval`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lerobot.processor as P
+import numpy as np
+import pytest
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+from lerobot.policies.act.configuration_act import ACTConfig
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+from lerobot.utils.constants import ACTION, OBS_STATE
+from torch import nn
+
+from eval_libero.run import EvalConfig, EvalError, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+IDENTITY = NormalizationMode.IDENTITY
+CFG = dict(suites="object", tasks="0", max_steps=3)  # libero_object task 0, 3 env steps after the wait
+
+
+def features() -> dict:
+    img = PolicyFeature(type=FeatureType.VISUAL, shape=(3, 256, 256))
+    inputs = {"observation.images.image": img, "observation.images.image2": img}
+    inputs[OBS_STATE] = PolicyFeature(type=FeatureType.STATE, shape=(8,))
+    return dict(
+        input_features=inputs, output_features={ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(7,))}
+    )
+
+
+@PreTrainedConfig.register_subclass("eval_probe")
+@dataclass
+class EvalProbeConfig(ACTConfig):  # ACT's config supplies the abstract API; the policy below is our own
+    chunk_size: int = 4
+    n_action_steps: int = 4
+    noise: float = 0.0  # > 0: stochastic sampling (torch.randn)
+    plan: list = field(default_factory=list)  # non-empty: replay these actions as one chunk
+    bad_output: str = ""  # "nan" | "shape": a broken policy
+    normalization_mapping: dict = field(
+        default_factory=lambda: dict.fromkeys(["VISUAL", "STATE", "ACTION"], IDENTITY)
+    )
+
+
+class EvalProbePolicy(PreTrainedPolicy):
+    """Action = small tanh(linear(state, mean image intensities)), gripper open; optional noise / plan / faults."""
+
+    config_class = EvalProbeConfig
+    name = "eval_probe"
+
+    def __init__(self, config: EvalProbeConfig, **kwargs):
+        super().__init__(config)
+        self.config = config
+        self.proj = nn.Linear(10, 6)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(6, 10, generator=torch.Generator().manual_seed(0)) * 0.3)
+            self.proj.bias.zero_()
+        self.reset()
+
+    def get_optim_params(self):
+        return self.parameters()
+
+    def reset(self):
+        self._queue: deque = deque()
+
+    def predict_action_chunk(self, batch, **kwargs):
+        c, s = self.config, batch[OBS_STATE]
+        means = [batch[f"observation.images.{k}"].mean(dim=(1, 2, 3))[:, None] for k in ("image", "image2")]
+        a = torch.tanh(self.proj(torch.cat([s, *means], 1))) * 0.3
+        a = torch.cat([a, -torch.ones_like(a[:, :1])], 1)
+        chunk = a[:, None].repeat(1, c.chunk_size, 1)
+        if c.noise:
+            chunk = chunk + c.noise * torch.randn(chunk.shape)
+        if c.plan:
+            chunk = torch.tensor(c.plan, dtype=torch.float32)[None].repeat(s.shape[0], 1, 1)
+        if c.bad_output == "nan":
+            chunk = chunk * float("nan")
+        if c.bad_output == "shape":
+            chunk = chunk[..., :5]
+        return chunk
+
+    @torch.no_grad()
+    def select_action(self, batch, **kwargs):
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
+            self._queue.extend(chunk.transpose(0, 1))
+        return self._queue.popleft()
+
+    def forward(self, batch, reduction: str = "mean"):
+        loss = ((self.predict_action_chunk(batch) - batch[ACTION]) ** 2).mean()
+        return loss, {}
+
+
+def save_probe(path: Path, **overrides) -> Path:
+    """A complete LeRobot pretrained_model folder (config, weights, processors) of the probe policy."""
+    cfg = EvalProbeConfig(device="cpu", **overrides, **features())
+    EvalProbePolicy(cfg).save_pretrained(path)
+    norm, out = cfg.normalization_mapping, cfg.output_features
+    pre = [
+        P.RenameObservationsProcessorStep(rename_map={}),
+        P.AddBatchDimensionProcessorStep(),
+        P.DeviceProcessorStep(device="cpu"),
+        P.NormalizerProcessorStep(features={**cfg.input_features, **out}, norm_map=norm),
+    ]
+    P.PolicyProcessorPipeline(steps=pre, name="policy_preprocessor").save_pretrained(path)
+    post = [P.UnnormalizerProcessorStep(features=out, norm_map=norm), P.DeviceProcessorStep(device="cpu")]
+    P.PolicyProcessorPipeline(
+        steps=post,
+        name="policy_postprocessor",
+        to_transition=policy_action_to_transition,
+        to_output=transition_to_policy_action,
+    ).save_pretrained(path)
+    return path
+
+
+def save_act(path: Path) -> Path:
+    """A tiny random ACT (a stock LeRobot policy) with its processors."""
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.act.processor_act import make_act_pre_post_processors
+
+    dims = dict(dim_model=32, n_heads=2, dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1)
+    cfg = ACTConfig(
+        device="cpu",
+        use_vae=False,
+        chunk_size=4,
+        n_action_steps=4,
+        pretrained_backbone_weights=None,
+        **dims,
+        **features(),
+    )
+    torch.manual_seed(0)
+    ACTPolicy(cfg).save_pretrained(path)
+    for pipeline in make_act_pre_post_processors(cfg, dataset_stats=None):
+        pipeline.save_pretrained(path)
+    return path
+
+
+# libero_goal task 6 ("put the cream cheese in the bowl"), init state 0: a scripted expert's actions, recorded
+# without rendering, stored as int8 (action * 127). Replayed from the 10 wait steps on, LIBERO's goal predicate
+# first holds after the last (102nd) action.
+PLAN_B64 = (
+    "f3+BAPEAgX9/gf/y/4F/f4H+9f6Bf3+B/vj+gX9/gf77/oF/f4H+/v+Bf3+B/gH/gX9/gv4D/4F/f6n9BACBf3/L/QYAgX9g5f0H"
+    "AIF/Q/f+BwCBeysC/wgBgWAYCAAHAoFHCwoABgKBMgEJAQQCgSD7BQICAoER96cD/wKBBPWnA/0Bgfr2pwP7AYHy9qcD+QGB7fen"
+    "A/gAger4pwP3AIHp+acD9wCB6fqnAvgAgev6pwL4AIHt+6cC+QCB8P2nAfoAgfT+pwH8AIH4/7cB/QCB+wDNAP4Agf8B3wD/AIEC"
+    "AewAAACBBAH1AAEAfwUC+wACAH8GAf8AAgB/BwEBAAIAfwcBAgACAH8GAQMAAgB/BgADAAIAfwUAAwACAH8EAAIAAQB/BAACAAEA"
+    "fwP/AQABAH8C/wEAAQB/Av8BAAAAfwAAfwAAAH8AAH8AAAB/AAB/Af8AfwAAfwH/AH8AAH8B/wB/AAB/Af8AfwAAfwH/AH8AAH8B"
+    "AAB/AAB/AAAAfwAAfwAAAH8AAH8AAQB/AAB/AAEAfwAAfwABAH8AAGMAAgB/AABGAAIAfwAAMAACAH+BgSAAAgB/gYETAf8Bf5SB"
+    "BAP6AX+pgfgE+AJ/u4HxBPcCf8yB7wT4An/agfED+QF/54H0AvsBf/KE+QL+AX/8pf4BAAF/BMIDAAIAfwvZCAAEAH8Q6gv/Bv9/"
+    "E/YO/wf/fxT9D/8H/38UAbT/B/9/EwO0/wb/fxAEtP8F/38NBLT/BP9/CQO0/wP/fwYCtP8C/38EArQAAQB/AgG0AAAAfwABtAAA"
+    "AH//ALQA/wB//gC0AP8Af/4AtAD/AH/+ALQA/wB//gC0AP8Af/4AxwD/AH//ANkAAAB/AADnAAAAfwEA8AAAAH8AAAAAAACBAAAA"
+    "AAEAgQAAAAABAIEAAAAAAQCBAAAAAAEAgQAAAAABAIEAAAAAAACB"
+)
+
+
+def read(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+
+
+def strip(recs: list[dict]) -> list[dict]:
+    """Records minus what legitimately differs between equivalent runs (wall time, video path)."""
+    return sorted(
+        ({k: v for k, v in r.items() if k not in ("wall_s", "video")} for r in recs),
+        key=lambda r: (r["suite"], r["task_id"], r["init_state"], r["seed"]),
+    )
+
+
+def fake_raw(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    sizes = dict(eef_pos=3, eef_quat=4, gripper_qpos=2, gripper_qvel=2, joint_pos=7, joint_vel=7)
+    raw = {f"robot0_{k}": rng.normal(size=n) for k, n in sizes.items()}
+    for k in ("agentview_image", "robot0_eye_in_hand_image"):
+        raw[k] = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    return {
+        **raw,
+        "robot0_eef_quat": raw["robot0_eef_quat"] / np.linalg.norm(raw["robot0_eef_quat"]),
+        "eef_mat": np.eye(3),
+    }
+
+
+def ecfg(ckpt: Path, out: Path, **kwargs) -> EvalConfig:
+    return EvalConfig(policy=str(ckpt), out=str(out), **{**CFG, **kwargs})
+
+
+def make_runner(ckpt: Path, mode: str = "auto"):
+    from eval_libero.run import load_policy_config, load_runner
+
+    return load_runner(ckpt, load_policy_config(ckpt, "cpu"), ["libero_object"], mode)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    return save_probe(tmp_path_factory.mktemp("ckpt") / "pretrained_model", noise=0.05)
+
+
+@pytest.fixture(scope="module")
+def reference(probe, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One worker, init states 0 and 1 of libero_object task 0, 3 steps each."""
+    out = evaluate(ecfg(probe, tmp_path_factory.mktemp("ref") / "run", init_states="0,1", video_every=2))
+    return out, read(out)
+
+
+# ---- no LIBERO needed -----------------------------------------------------------------------------------------
+
+
+def test_bad_checkpoint_is_explained(tmp_path, probe, capsys):
+    from r1vla.cli import main
+
+    def eval_rc(ckpt: Path) -> tuple[int, str]:
+        rc = main(["eval", "--policy", str(ckpt), "--out", str(tmp_path / "run"), "--suites", "object"])
+        return rc, capsys.readouterr().err
+
+    rc, err = eval_rc(tmp_path / "nope")
+    assert rc == 2 and "checkpoint folder not found" in err
+    (tmp_path / "empty").mkdir()
+    rc, err = eval_rc(tmp_path / "empty")
+    assert rc == 2 and "not a LeRobot pretrained_model folder (missing config.json, policy_pre" in err
+    alien = tmp_path / "alien" / "pretrained_model"
+    save_probe(alien)
+    cfg = json.loads((alien / "config.json").read_text())
+    (alien / "config.json").write_text(json.dumps({**cfg, "type": "no_such_policy"}))
+    rc, err = eval_rc(alien.parent)  # a checkpoint folder holding pretrained_model/ is accepted
+    assert rc == 2 and "policy type 'no_such_policy', which no installed LeRobot policy registers" in err
+    assert "act" in err and not (tmp_path / "run" / "episodes.jsonl").exists()
+
+
+BAD_INPUT = [
+    ({"suites": "spatail"}, r"unknown LIBERO suite 'spatail' \(did you mean 'spatial'\?\); valid: libero_sp"),
+    ({"tasks": "3,12"}, r"task id of libero_object 12 out of range; valid: 0-9"),
+    ({"init_states": "49-50"}, r"init state 50 out of range; valid: 0-49"),
+    ({"seeds": "7,x"}, r"bad --seeds"),
+    ({"max_steps": 0}, r"--max-steps must be >= 1"),
+    ({"protocol": "openvla"}, r"unknown protocol 'openvla'; valid: standard, lerobot044"),
+    ({"workers": 0}, r"--workers must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_INPUT)
+def test_out_of_range_input_lists_valid_values(tmp_path, probe, kwargs, message):
+    with pytest.raises(EvalError, match=message):
+        evaluate(ecfg(probe, tmp_path / "run", **kwargs))
+    assert not (tmp_path / "run").exists()
+
+
+def test_policy_runner_batching_rng_and_faults(tmp_path):
+    from eval_libero.rollout import Row
+
+    rows = [Row(("s", 0, i, 7), fake_raw(i), "do it", 0) for i in range(3)]
+    det = make_runner(save_probe(tmp_path / "det"))
+    batched = det.act(rows)
+    assert det.mode == "batched" and all(a.shape == (4, 7) for a in batched)
+    assert np.allclose(det.act(rows[1:2])[0], batched[1], atol=1e-6)
+
+    stoch = save_probe(tmp_path / "stoch", noise=0.1)
+    for mode, n in (("auto", 4), ("select", 1)):
+        together, alone = make_runner(stoch, mode), make_runner(stoch, mode)
+        for i, r in enumerate(rows):
+            together.begin(r.key, 100 + i)
+        alone.begin(rows[2].key, 102)
+        seq_t = [together.act(rows)[2] for _ in range(3)]  # episode 2 interleaved with two others
+        seq_a = [alone.act(rows[2:])[0] for _ in range(3)]
+        assert together.mode == ("per-episode" if mode == "auto" else "select") and seq_t[0].shape == (n, 7)
+        assert all(np.array_equal(a, b) for a, b in zip(seq_t, seq_a, strict=True))
+        assert not np.array_equal(seq_t[0], together.act(rows)[1])  # different episodes, different noise
+
+    for fault, message in (("nan", "non-finite action"), ("shape", "action of shape (5,); expected (7,)")):
+        runner = make_runner(save_probe(tmp_path / fault, bad_output=fault, noise=0.1))
+        runner.begin(rows[0].key, 0)
+        assert message in runner.act(rows[:1])[0]
+
+
+# ---- real LIBERO ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.libero
+def test_lerobot_env_and_harness_give_the_policy_identical_inputs(probe):
+    """LeRobot's own LiberoEnv (patched init states) and our LiberoSim, same task and init state: identical raw
+    frames, identical policy inputs; and those equal the training-frame convention (frame_from_obs)."""
+    import gymnasium as gym
+    from lerobot.envs.libero import create_libero_envs
+    from lerobot.envs.utils import preprocess_observation
+
+    from eval_libero.lerobot_compat import env_inputs, is_patched, patch_lerobot_libero
+    from eval_libero.rollout import raw_obs_for_lerobot
+    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoSim, frame_from_obs
+
+    patch_lerobot_libero()
+    patch_lerobot_libero()  # idempotent
+    assert is_patched()
+    kwargs = {"task_ids": [0], "obs_type": "pixels_agent_pos"}  # what lerobot-eval's LiberoEnv config passes
+    venv = create_libero_envs("libero_object", 1, kwargs, env_cls=gym.vector.SyncVectorEnv)["libero_object"][
+        0
+    ]
+    runner = make_runner(probe)
+    try:
+        obs_le, _ = venv.reset(seed=0)  # init state 0, then 10 wait steps
+        le = runner.env_pre({**preprocess_observation(obs_le), "task": list(venv.call("task_description"))})
+        sim = LiberoSim("libero_object", 0)
+        raw = sim.reset(0)
+        ours = env_inputs([raw_obs_for_lerobot(sim, raw)], [sim.info.language], runner.env_pre)
+        assert np.array_equal(obs_le["pixels"]["image"][0], raw["agentview_image"])
+        assert sorted(le) == sorted(ours) and le["task"] == ours["task"] == [sim.info.language]
+        for k in (IMAGE_KEY, WRIST_KEY, STATE_KEY):
+            assert torch.equal(le[k], ours[k]), k
+        frame = frame_from_obs(raw)  # what the datasets / demo generator store
+        chw = lambda img: torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255  # noqa: E731
+        for k in (IMAGE_KEY, WRIST_KEY):
+            assert torch.equal(ours[k], chw(frame[k])), k  # as LeRobotDataset decodes a stored frame
+        assert torch.allclose(ours[STATE_KEY], torch.from_numpy(frame[STATE_KEY])[None], atol=1e-6)
+        assert not torch.equal(ours[IMAGE_KEY], chw(raw["agentview_image"]))  # the flip is applied
+        a, b = runner.pre(le), runner.pre(ours)
+        assert all(torch.equal(a[k], b[k]) for k in (IMAGE_KEY, WRIST_KEY, STATE_KEY))
+        obs2, _, term, trunc, _ = venv.step(np.zeros((1, 7), dtype=np.float32))  # LeRobot's env steps
+        assert obs2["pixels"]["image"].shape == (1, 256, 256, 3) and not term[0]
+        sim.close()
+    finally:
+        venv.close()
+
+
+@pytest.mark.libero
+def test_two_workers_and_two_ranks_equal_one_worker(probe, reference, tmp_path, monkeypatch):
+    ref_dir, ref = reference
+    assert [(r["init_state"], r["steps"], r["success"]) for r in ref] == [(0, 3, False), (1, 3, False)]
+    r = ref[0]
+    assert r["failure"] == "timeout: no success in 3 steps" and r["policy_calls"] == "per-episode"
+    assert r["protocol"]["max_steps"]["libero_object"] == 3 and r["protocol"]["max_steps_override"] == 3
+    assert r["label"] == "eval_probe" and len(r["checkpoint"]) == 12
+    assert r["instruction"] == "pick up the alphabet soup and place it in the basket"
+    assert ref[0]["actions_sha256"] != ref[1]["actions_sha256"]  # the actions depend on the observations
+    assert Path(ref[0]["video"]).stat().st_size > 0 and ref[1]["video"] is None  # --video-every 2
+    summary = json.loads((ref_dir / "summary.json").read_text())
+    assert summary["suites"]["libero_object"]["n"] == 2 and summary["missing"] == 0
+    assert list((ref_dir / "tb").glob("events.out.tfevents.*"))
+
+    assert strip(read(evaluate(ecfg(probe, tmp_path / "w2", init_states="0,1", workers=2)))) == strip(ref)
+
+    ranks = tmp_path / "ranks"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        evaluate(ecfg(probe, ranks, init_states="0,1"))
+        if rank == 0:
+            shard = [json.loads(x) for x in (ranks / "episodes.rank0.jsonl").read_text().splitlines()]
+            assert [r["init_state"] for r in shard] == [0] and not (ranks / "episodes.jsonl").exists()
+    assert strip(read(ranks)) == strip(ref) and not list(ranks.glob("episodes.rank*"))
+    assert json.loads((ranks / "summary.json").read_text())["suites"] == summary["suites"]
+
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    logs: list[str] = []
+    evaluate(ecfg(probe, ref_dir, init_states="0,1", video_every=2), logs.append)
+    assert any("2 recorded, 0 to run" in m for m in logs) and read(ref_dir) == ref  # resume: nothing re-run
+    with pytest.raises(
+        EvalError, match="different evaluation .*protocol.max_steps.libero_object: recorded=3, now=280"
+    ):
+        evaluate(ecfg(probe, ref_dir, init_states="0,1", max_steps=None))
+
+
+@pytest.mark.libero
+def test_kill_and_resume_loses_nothing(probe, reference, tmp_path):
+    out = tmp_path / "run"
+    code = "import sys; sys.path[:0] = ['tests', '.']; import test_eval; from r1vla.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = f"eval --policy {probe} --out {out} --suites object --tasks 0 --init-states 0-2 --max-steps 3"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(
+            [PY, "-c", code, *args.split()], cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "episodes.jsonl").exists() and (out / "episodes.jsonl").read_text().count("\n") >= 1:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the eval and its LIBERO workers, mid-episode
+        proc.wait()
+    before = read(out)
+    assert 1 <= len(before) < 3
+    with open(out / "episodes.jsonl", "a") as f:
+        f.write('{"suite": "libero_object", "task_id": 0, "init_st')  # as if killed mid-write
+    logs: list[str] = []
+    evaluate(ecfg(probe, out, init_states="0-2"), logs.append)
+    assert any(f"line {len(before) + 1}: truncated line" in m for m in logs)
+    after = read(out)
+    assert after[: len(before)] == before and len(after) == 3
+    assert sorted(r["init_state"] for r in after) == [0, 1, 2]
+    assert strip(after[:2]) == strip(reference[1])  # and a new process reproduces the same episodes
+
+
+@pytest.mark.libero
+def test_lerobot_plugin_import_applies_the_libero_patch():
+    """lerobot-eval's main() imports every lerobot_policy_* plugin; ours must patch LeRobot's LIBERO init states."""
+    code = (
+        "from lerobot.utils.import_utils import register_third_party_plugins as r; r(); "
+        "from eval_libero.lerobot_compat import is_patched; import sys; sys.exit(0 if is_patched() else 3)"
+    )
+    res = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (
+        "lerobot_policy_r1vla/__init__.py must run `from eval_libero.lerobot_compat import "
+        "patch_lerobot_libero; patch_lerobot_libero()`\n" + res.stderr[-2000:]
+    )
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_bare_lerobot_eval_and_r1vla_eval_run_a_stock_act(tmp_path):
+    ckpt = save_act(tmp_path / "act")
+    code = (
+        "import sys; from eval_libero.lerobot_compat import patch_lerobot_libero; patch_lerobot_libero(); "
+        "from lerobot.scripts.lerobot_eval import main; sys.argv[0] = 'lerobot-eval'; main()"
+    )
+    flags = "--env.type=libero --env.task=libero_object --env.task_ids=[0] --env.episode_length=5 "
+    flags += f"--eval.n_episodes=1 --eval.batch_size=1 --policy.path={ckpt} --output_dir={tmp_path / 'le'}"
+    res = subprocess.run(
+        [PY, "-c", code, *flags.split()], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((tmp_path / "le" / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 1
+
+    out = evaluate(ecfg(ckpt, tmp_path / "ours", init_states="0"))
+    (r,) = read(out)
+    assert r["policy_calls"] == "batched" and r["steps"] == 3 and r["label"] == "act"
+
+
+@pytest.mark.libero
+def test_broken_policy_episodes_are_recorded_as_failures(tmp_path):
+    ckpt = save_probe(tmp_path / "nan", bad_output="nan")
+    (r,) = read(evaluate(ecfg(ckpt, tmp_path / "run", init_states="0")))
+    assert r["success"] is False and r["steps"] == 0 and r["failure"].startswith("policy: non-finite action")
+
+
+@pytest.mark.libero
+def test_replayed_expert_succeeds_and_ends_at_first_success(tmp_path):
+    q = np.frombuffer(base64.b64decode(PLAN_B64), dtype=np.int8).reshape(-1, 7)
+    plan = (q.astype(np.float32) / 127).tolist()
+    ckpt = save_probe(tmp_path / "plan", plan=plan, chunk_size=len(plan), n_action_steps=len(plan))
+    out = evaluate(ecfg(ckpt, tmp_path / "run", suites="goal", tasks="6", init_states="0", max_steps=None))
+    (r,) = read(out)
+    assert r["success"] is True and r["steps"] == len(plan) == 102 and r["failure"] is None
+    assert json.loads((out / "summary.json").read_text())["suites"]["libero_goal"]["success_rate"] == 1.0
