@@ -234,10 +234,8 @@ class Study:
 
 
 def render_report(cfg: StudyConfig, out: Path, offline: dict, cmp: dict) -> str:
-    lines = [
-        f"# Transfer study `{cfg.name}`: {', '.join(b.label for b in cfg.backbones)} vs `{cfg.baseline}`",
-        "",
-    ]
+    others = ", ".join(f"`{b.label}`" for b in cfg.backbones if b.label != cfg.baseline)
+    lines = [f"# Transfer study `{cfg.name}`: {others} vs the baseline `{cfg.baseline}`", ""]
     if cfg.standin_note:
         lines += [
             "> **Stand-in backbones.** This run used tiny random Qwen2.5-VL checkpoints (same architecture, "
@@ -260,10 +258,15 @@ def render_report(cfg: StudyConfig, out: Path, offline: dict, cmp: dict) -> str:
         "",
         "## Success in LIBERO",
         "",
-        (out / "compare" / "report.md").read_text(),
+        _demote((out / "compare" / "report.md").read_text()),
         "",
     ]
     return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+    """Headings one level down, to nest the compare report under this one."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
 def environment() -> dict:
