@@ -127,7 +127,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
         return real_evaluate(self, b)
 
     monkeypatch.setattr(Study, "evaluate", flaky_evaluate)
-    with pytest.raises(StageFailed, match=r"stage 'eval/robot_r1' failed.*re-run the same command"):
+    with pytest.raises(StageFailed, match=r"(?s)stage .eval/robot_r1. failed.*re-run the same command"):
         Study(cfg, out, log=lambda s: None).run()
     ckpt = out / "train" / "robot_r1" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"
     before = ckpt.stat().st_mtime_ns
