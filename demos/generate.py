@@ -1,0 +1,397 @@
+"""`r1vla demos`: LIBERO demonstrations from the scripted expert, as a local LeRobotDataset v3 (hub schema).
+
+    r1vla demos --suites object,spatial,goal,long [--tasks 0,3] --episodes-per-task 50 --out data/libero_demos \
+        [--workers 2] [--seed 0] [--noise 0.0] [--videos]
+
+Per task, attempt k starts from official init state k mod 50 with noise seed f(seed, suite, task, k); attempts
+run in waves until `--episodes-per-task` succeed or `--max-attempts` were made (the set of attempts is
+deterministic). Fast path: the expert runs without rendering (~20x faster per step); only a successful plan is
+replayed, no-ops dropped (OpenVLA's rule), in a rendered env from the same init state to record the frames.
+The replay must reproduce the plan (same states, success), else the attempt counts as failed.
+Interrupt at will: re-running the same command keeps what was saved and continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval_libero.suites import N_INIT_STATES, max_steps, parse_index_list, parse_suites
+
+NOOP_EPS = 1e-4
+EXPERT_VERSION = 1  # bump when the expert's behaviour changes (it is part of the dataset's config)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    suites: tuple[str, ...]
+    tasks: str | None  # '0,3' (applied to every suite) or None = all
+    episodes_per_task: int
+    out: str
+    workers: int = 1
+    seed: int = 0
+    noise: float = 0.0
+    videos: bool = False
+    max_attempts: int | None = None  # per task; None = 2 * episodes_per_task
+    protocol: str = "standard"  # step caps of eval_libero.suites
+    commit_every: int = 10  # successful episodes between two dataset commits
+    repo_id: str = "local/libero_demos"
+
+
+@dataclass(frozen=True)
+class Job:
+    suite: str
+    task_id: int
+    attempt: int
+    seed: int
+    noise: float
+    max_steps: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.task_id}/{self.attempt}"
+
+
+def episode_seed(seed: int, suite: str, task_id: int, attempt: int) -> int:
+    return int(
+        np.random.SeedSequence([seed, zlib.crc32(suite.encode()), task_id, attempt]).generate_state(1)[0]
+    )
+
+
+def drop_noops(actions: np.ndarray) -> np.ndarray:
+    """OpenVLA/OFT's rule: drop a[t] if |a[:6]| < 1e-4 and its gripper equals the last kept one's."""
+    keep, last_g = [], None
+    for a in actions:
+        if np.linalg.norm(a[:6]) < NOOP_EPS and (last_g is None or a[6] == last_g):
+            continue
+        keep.append(a)
+        last_g = a[6]
+    return np.stack(keep) if keep else actions[:0]
+
+
+def next_attempts(done: dict[int, bool], n: int, max_attempts: int) -> list[int]:
+    """Attempts still needed for one task, given finished ones (attempt -> success). Waves: attempts
+    [0, n) first, then as many new ones as successes are missing, until n succeed or the cap is hit."""
+    start, size = 0, n
+    while True:
+        wave = range(start, min(start + size, max_attempts))
+        missing = [k for k in wave if k not in done]
+        if missing:
+            return missing
+        ok = sum(done[k] for k in range(wave.stop))
+        if ok >= n or wave.stop >= max_attempts:
+            return []
+        start, size = wave.stop, n - ok
+
+
+# --- worker side -------------------------------------------------------------------------------------------
+_SIMS: dict = {}
+
+
+def _sim(suite: str, task_id: int, render: bool):
+    """One planning and one rendering env per worker, for the task at hand (others are closed)."""
+    from eval_libero.sim import LiberoSim
+
+    for k in [k for k in _SIMS if k[:2] != (suite, task_id)]:
+        _SIMS.pop(k).close()
+    if (suite, task_id, render) not in _SIMS:
+        _SIMS[(suite, task_id, render)] = LiberoSim(suite, task_id, render=render)
+    return _SIMS[(suite, task_id, render)]
+
+
+def _replay(sim, init_index: int, seed: int, actions: np.ndarray, frames: bool):
+    """Execute `actions` from init state (fixtures placed by `seed`, as in run_expert); returns (states before
+    each action, frames or [], first success step or -1, eef position after the last executed action)."""
+    from eval_libero.sim import frame_from_obs, state_from_obs
+
+    sim.env.seed(seed)
+    obs, states, images, hit = sim.reset(init_index), [], [], -1
+    for t, a in enumerate(actions):
+        f = frame_from_obs(obs) if frames else {"observation.state": state_from_obs(obs)}
+        images += [f] if frames else []
+        states.append(f["observation.state"])
+        obs, success = sim.step(a)
+        if success:
+            hit = t
+            break
+    return np.stack(states), images, hit, obs["robot0_eef_pos"].copy()
+
+
+def plan_attempt(job: Job) -> tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Run the expert unrendered and drop no-ops; if any were dropped, check (unrendered: cheap) that the kept
+    actions still succeed. Returns (record, kept actions, reference states, reference final eef); the arrays
+    are None when the attempt failed (record["reason"] says why)."""
+    from demos.expert import run_expert
+
+    sim, init = _sim(job.suite, job.task_id, False), job.attempt % N_INIT_STATES
+    rec = {
+        "key": job.key,
+        "task_key": f"{job.suite}/{job.task_id}",
+        "suite": job.suite,
+        "task_id": job.task_id,
+    }
+    rec |= {"task": sim.info.language, "attempt": job.attempt, "init_state_index": init, "seed": job.seed}
+    rec |= {"wait_steps": 10, "success": False, "reason": ""}
+    t0 = time.time()
+    run = run_expert(sim, init, job.max_steps, job.noise, job.seed)
+    rec.update(planned_steps=len(run.actions), plan_s=round(time.time() - t0, 2))
+    if not run.success:
+        return rec | {"reason": run.reason}, None, None, None
+    kept, ref_states, ref_eef = drop_noops(run.actions), run.states, run.final_eef
+    if len(kept) < len(run.actions):
+        ref_states, _, hit, ref_eef = _replay(sim, init, job.seed, kept, frames=False)
+        if hit < 0:
+            return rec | {"reason": "success lost after dropping no-ops"}, None, None, None
+        kept, ref_states = kept[: hit + 1], ref_states[: hit + 1]
+    return rec, kept, ref_states, ref_eef
+
+
+def run_attempt(job: Job, staging: str) -> dict:
+    """Plan one attempt unrendered; if it succeeds, re-render its kept actions and stage the episode."""
+    from demos.dataset import stage_attempt
+    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+
+    rec, kept, ref_states, ref_eef = plan_attempt(job)
+    if kept is None:
+        stage_attempt(Path(staging), rec)
+        return rec
+    t1 = time.time()
+    states, frames, hit, eef = _replay(
+        _sim(job.suite, job.task_id, True), rec["init_state_index"], job.seed, kept, True
+    )
+    n = min(len(states), len(ref_states))
+    dev = float(max(np.abs(states[:n] - ref_states[:n]).max(initial=0.0), np.abs(eef - ref_eef).max()))
+    rec.update(render_s=round(time.time() - t1, 2), kept_steps=len(kept), replay_max_dev=dev)
+    if hit != len(kept) - 1 or dev > 1e-6:  # physics must not depend on rendering
+        rec["reason"] = f"rendered replay diverged (success at step {hit}, max deviation {dev:.2e})"
+        stage_attempt(Path(staging), rec)
+        return rec
+    arrays = {k: np.stack([f[k] for f in frames]) for k in (IMAGE_KEY, WRIST_KEY, STATE_KEY)}
+    arrays["action"] = kept.astype(np.float32)
+    rec.update(success=True, length=len(kept))
+    stage_attempt(Path(staging), rec, arrays)
+    return rec
+
+
+def plan_only(job: Job) -> dict:
+    """`--plan-only`: one attempt's success (expert plan + no-op removal), without rendering or saving."""
+    rec, kept, _, _ = plan_attempt(job)
+    return rec | {"success": kept is not None, "max_steps": job.max_steps}
+
+
+# --- main process ------------------------------------------------------------------------------------------
+class _Inline:
+    """Executor-like object that runs jobs in this process (workers=1): simplest to debug and to test."""
+
+    def submit(self, fn, *args) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -> dict:
+    """Generate (or continue generating) the dataset; returns the per-task summary."""
+    from tqdm import tqdm
+
+    from demos.dataset import DemoStore, features
+
+    suites = parse_suites(list(cfg.suites))
+    tasks = [(s, t) for s in suites for t in parse_index_list(cfg.tasks, s.n_tasks, f"{s.name} task id")]
+    if cfg.episodes_per_task < 1:
+        raise ValueError("--episodes-per-task must be >= 1")
+    cap = cfg.max_attempts or 2 * cfg.episodes_per_task
+    if cfg.noise == 0:  # without noise, attempt k + 50 would repeat attempt k exactly
+        if cfg.episodes_per_task > N_INIT_STATES:
+            raise ValueError(
+                f"more than {N_INIT_STATES} episodes per task repeat init states: add --noise > 0"
+            )
+        cap = min(cap, N_INIT_STATES)
+    store = DemoStore(
+        cfg.out,
+        features(videos=cfg.videos),
+        repo_id=cfg.repo_id,
+        config={
+            "source": "scripted_expert",
+            "expert_version": EXPERT_VERSION,
+            "seed": cfg.seed,
+            "noise": cfg.noise,
+            "protocol": cfg.protocol,
+            "fps": 10,
+            "noop_threshold": NOOP_EPS,
+        },
+    )
+    done: dict[tuple[str, int], dict[int, bool]] = {(s.name, t): {} for s, t in tasks}
+    for r in store.attempts().values():
+        if (r["suite"], r["task_id"]) in done:
+            done[(r["suite"], r["task_id"])][r["attempt"]] = bool(r["success"])
+
+    unsupported = {
+        (r["suite"], r["task_id"])
+        for r in store.attempts().values()
+        if r.get("reason", "").startswith("unsupported")
+    }
+
+    def ready(inflight: set[str]) -> list[Job]:
+        out = []
+        for s, t in tasks:
+            if (s.name, t) in unsupported:  # the expert cannot do this task: one attempt says so, stop there
+                continue
+            for k in next_attempts(done[(s.name, t)], cfg.episodes_per_task, cap):
+                job = Job(
+                    s.name, t, k, episode_seed(cfg.seed, s.name, t, k), cfg.noise, max_steps(s, cfg.protocol)
+                )
+                if job.key not in inflight:
+                    out.append(job)
+        return out
+
+    saved = sum(sum(d.values()) for d in done.values())
+    bar = tqdm(
+        total=len(tasks) * cfg.episodes_per_task, initial=saved, desc="demos", unit="ep", dynamic_ncols=True
+    )
+    pool = (
+        _Inline()
+        if cfg.workers <= 1
+        else cf.ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+    )
+    inflight: dict[cf.Future, Job] = {}
+    since_commit = 0
+    try:
+        while True:
+            for job in ready({j.key for j in inflight.values()}):
+                if len(inflight) >= 2 * max(cfg.workers, 1) or (cfg.workers <= 1 and inflight):
+                    break
+                inflight[pool.submit(run_attempt, job, str(store.staging))] = job
+            if not inflight:
+                break
+            finished, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                job = inflight.pop(fut)
+                rec = fut.result()
+                done[(job.suite, job.task_id)][job.attempt] = bool(rec["success"])
+                if rec.get("reason", "").startswith("unsupported"):
+                    unsupported.add((job.suite, job.task_id))
+                since_commit += bool(rec["success"])
+                bar.update(int(rec["success"]))
+                ok = sum(done[(job.suite, job.task_id)].values())
+                bar.set_postfix_str(
+                    f"{job.suite} t{job.task_id}: {ok}/{len(done[(job.suite, job.task_id)])} ok"
+                    + ("" if rec["success"] else f" | fail: {rec.get('reason', '')[:60]}")
+                )
+                if on_result is not None:
+                    on_result(rec)
+            if since_commit >= cfg.commit_every:
+                store.commit()
+                since_commit = 0
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+        store.commit()  # everything finished so far goes into the dataset, also on Ctrl-C
+        summary = store.task_summary()
+        store.close()
+    return summary
+
+
+def measure(cfg: DemoConfig, json_path: str | None = None) -> dict[str, dict]:
+    """`--plan-only`: run attempts 0..episodes_per_task-1 of every task unrendered; nothing is written but
+    the per-attempt results (to `json_path`). Returns a per-task summary."""
+    import json
+
+    from tqdm import tqdm
+
+    suites = parse_suites(list(cfg.suites))
+    jobs = [
+        Job(s.name, t, k, episode_seed(cfg.seed, s.name, t, k), cfg.noise, max_steps(s, cfg.protocol))
+        for s in suites
+        for t in parse_index_list(cfg.tasks, s.n_tasks, f"{s.name} task id")
+        for k in range(cfg.episodes_per_task)
+    ]
+    if cfg.workers <= 1:
+        results = [plan_only(j) for j in tqdm(jobs, desc="plan-only", unit="ep")]
+    else:
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(tqdm(pool.map(plan_only, jobs), total=len(jobs), desc="plan-only", unit="ep"))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+    out: dict[str, dict] = {}
+    for r in results:
+        t = out.setdefault(
+            f"{r['suite']}/{r['task_id']}", {"language": r["task"], "attempts": 0, "successes": 0}
+        )
+        t["attempts"] += 1
+        t["successes"] += r["success"]
+        if not r["success"]:
+            t.setdefault("first_failure", r["reason"][:70])
+    return out
+
+
+def format_summary(summary: dict[str, dict]) -> str:
+    lines = [f"{'task':<20} {'ok/attempts':>12}  language"]
+    for k, t in summary.items():
+        why = f"  [first failure: {t['first_failure']}]" if t.get("first_failure") else ""
+        lines.append(f"{k:<20} {t['successes']:>5}/{t['attempts']:<6}  {t['language']}{why}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--suites",
+        default="libero_spatial,libero_object,libero_goal,libero_10",
+        help="comma-separated LIBERO suites; short names accepted (spatial, object, goal, long)",
+    )
+    p.add_argument("--tasks", default=None, help="task ids in each suite, e.g. '0,3' or '0-4' (default: all)")
+    p.add_argument("--episodes-per-task", type=int, default=50, help="successful episodes to save per task")
+    p.add_argument("--out", default="", help="output folder (a local LeRobotDataset; re-run to resume)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own envs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the 6 motion dims")
+    p.add_argument(
+        "--videos",
+        action="store_true",
+        help="store AV1 MP4 videos instead of PNG frames (encoded with PyAV; read them back with "
+        "video_backend='pyav' where torchcodec finds no FFmpeg)",
+    )
+    p.add_argument("--max-attempts", type=int, default=None, help="attempts per task (default 2 x episodes)")
+    p.add_argument("--protocol", default="standard", help="step caps: standard (OpenVLA) or lerobot044")
+    p.add_argument("--commit-every", type=int, default=10, help="episodes between dataset commits")
+    p.add_argument("--repo-id", default="local/libero_demos")
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="only measure expert success (unrendered, nothing saved): attempts 0..N-1 of each task",
+    )
+    p.add_argument("--json", default=None, help="with --plan-only: also write the per-attempt results here")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = ("tasks", "episodes_per_task", "out", "workers", "seed", "noise", "videos", "max_attempts")
+    more = ("protocol", "commit_every", "repo_id")
+    cfg = DemoConfig(suites=tuple(args.suites.split(",")), **{k: getattr(args, k) for k in fields + more})
+    try:
+        if not (cfg.out or args.plan_only):
+            raise ValueError("--out is required (except with --plan-only)")
+        summary = measure(cfg, args.json) if args.plan_only else generate(cfg)
+    except ValueError as e:
+        print(f"r1vla demos: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished episodes are saved in {cfg.out}; re-run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+    print(format_summary(summary))
+    if not args.plan_only:
+        print(f"dataset: {Path(cfg.out).resolve()}  (config: {asdict(cfg)})")
+    return 0
