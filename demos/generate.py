@@ -8,7 +8,8 @@ run in waves until `--episodes-per-task` succeed or `--max-attempts` were made (
 deterministic). Fast path: the expert runs without rendering (~20x faster per step); only a successful plan is
 replayed, no-ops dropped (OpenVLA's rule), in a rendered env from the same init state to record the frames.
 The replay must reproduce the plan (same states, success), else the attempt counts as failed.
-Interrupt at will: re-running the same command keeps what was saved and continues.
+Interrupt at will: re-running the same command keeps what was saved and continues. `--plan-only` measures the
+expert's per-task success (unrendered, nothing written; docs/EXPERT_SUCCESS.md).
 """
 
 from __future__ import annotations

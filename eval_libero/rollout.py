@@ -93,7 +93,7 @@ def worker_main(conn: Any, wait_steps: int, image_size: int) -> None:
                     sim = where = None  # stays None if the new env fails to build
                     sim = LiberoSim(spec.suite, spec.task_id, size=image_size)
                     where = (spec.suite, spec.task_id)
-                raw = sim.reset(spec.init_state, wait_steps)
+                raw = sim.reset(spec.init_state, wait_steps, seed=spec.episode_seed % 2**32)
                 steps, frames = 0, ([] if spec.video else None)
                 _add_frame(frames, raw)
                 conn.send(("obs", raw_obs_for_lerobot(sim, raw), sim.info.language))

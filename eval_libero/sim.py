@@ -112,8 +112,12 @@ class LiberoSim:
         self.env = OffScreenRenderEnv(bddl_file_name=self.info.bddl_file, **kwargs)
         self.env.seed(0)
 
-    def reset(self, init_index: int, wait_steps: int = NUM_WAIT_STEPS) -> dict:
-        """Official init state `init_index` (mod 50), then `wait_steps` dummy steps. Returns the raw obs."""
+    def reset(self, init_index: int, wait_steps: int = NUM_WAIT_STEPS, seed: int | None = None) -> dict:
+        """Official init state `init_index` (mod 50), then `wait_steps` dummy steps. Returns the raw obs.
+        LIBERO re-places fixtures (cabinets, stoves, racks: not part of the init state) from the global numpy RNG at
+        every reset; `seed` makes that placement, and so the episode, reproducible."""
+        if seed is not None:
+            self.env.seed(seed)
         self.env.reset()
         obs = self.env.set_init_state(self._init_states[init_index % len(self._init_states)])
         for _ in range(wait_steps):

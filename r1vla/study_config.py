@@ -99,6 +99,11 @@ def _plain(x):
     return x
 
 
+def _hint(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _build(cls, raw: dict, where: str):
     """A frozen dataclass from a dict, naming unknown fields and their closest valid one."""
     if not isinstance(raw, dict):
@@ -106,9 +111,7 @@ def _build(cls, raw: dict, where: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown field {where}.{key}{hint}; valid: {', '.join(names)}")
+            raise ValueError(f"unknown field {where}.{key}{_hint(key, names)}; valid: {', '.join(names)}")
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     return cls(
         **{k: tuple(v) if "tuple" in str(types[k]) and isinstance(v, list) else v for k, v in raw.items()}
@@ -191,9 +194,9 @@ def _check_policy_fields(policy: dict) -> None:
     names = [f.name for f in dataclasses.fields(R1VLAConfig)]
     for key in policy:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown policy field {key!r}{hint}; see policies/r1vla/configuration_r1vla.py")
+            raise ValueError(
+                f"unknown policy field {key!r}{_hint(key, names)}; see policies/r1vla/configuration_r1vla.py"
+            )
 
 
 def _suites(*names: str) -> tuple[str, ...]:
@@ -243,7 +246,7 @@ PRESETS: dict[str, StudyConfig] = {
 
 def preset(name: str) -> StudyConfig:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown study preset {name!r}{hint}; valid: {', '.join(PRESETS)}")
+        raise ValueError(
+            f"unknown study preset {name!r}{_hint(name, list(PRESETS))}; valid: {', '.join(PRESETS)}"
+        )
     return PRESETS[name]

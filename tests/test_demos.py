@@ -386,6 +386,23 @@ def test_replaying_the_dataset_succeeds_with_identical_states(generated):
 
 
 @pytest.mark.libero
+def test_replay_catches_a_gripper_polarity_bug(generated):
+    """The same episode with the gripper convention inverted (+1 = open) must fail and deviate."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from demos.generate import _sim
+    from demos.replay import load_episode, replay_episode
+
+    root = generated[0]
+    rec = load_meta(root)["episodes"][0]
+    states, actions, _ = load_episode(LeRobotDataset("local/libero_demos", root=root), 0, frames=False)
+    flipped = actions.copy()
+    flipped[:, 6] *= -1
+    bad = replay_episode(_sim("libero_object", OBJECT_TASK, False), rec, states, flipped)
+    assert not bad.success and bad.max_state_dev > 0.01
+
+
+@pytest.mark.libero
 def test_frames_equal_lerobots_libero_pipeline(generated):
     """Dataset frame 0 == our frame_from_obs == LeRobot's LiberoEnv formatting + preprocess_observation +
     LiberoProcessorStep, on the same raw observation."""
