@@ -7,18 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapters.presets import closest_match_hint, get_preset
+from adapters.presets import get_preset
 from adapters.prompts import check_prompt_style
+from hints import check as _check_choice
 
 MODES = ("frozen", "lora", "full")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        hint = closest_match_hint(str(value), list(choices))
-        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}.{hint}")
 
 
 @dataclass(frozen=True)

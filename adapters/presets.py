@@ -7,8 +7,9 @@ share one loader and differ only in where the weights come from.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
+
+from hints import unknown
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,10 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
-def closest_match_hint(value: str, choices: list[str]) -> str:
-    """' Did you mean 'x'?' for the closest of `choices` (difflib), or '' when nothing is close."""
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def get_preset(key: str) -> Preset:
     """The preset registered under `key`; ValueError naming the valid keys and the closest one if unknown."""
     if key not in PRESETS:
-        valid = sorted(PRESETS)
-        raise ValueError(
-            f"unknown backbone key {key!r}; valid keys: {', '.join(valid)}.{closest_match_hint(key, valid)}"
-        )
+        raise unknown("backbone key", key, sorted(PRESETS))
     return PRESETS[key]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from adapters.presets import closest_match_hint
+from hints import unknown
 
 ROBOT_R1_SYSTEM = "You are Franka Robot Assistant: Task Planning and Execution System"
 ROBOT_R1_AXES = "X front(+)/back(−), Y left(−)/right(+), Z down(−)/up(+)"
@@ -59,10 +59,7 @@ PROMPT_STYLES: dict[str, Callable[[str, Sequence[float] | torch.Tensor | None], 
 def check_prompt_style(style: str) -> str:
     """`style` if it is a known prompt style, else ValueError naming the valid ones."""
     if style not in PROMPT_STYLES:
-        valid = sorted(PROMPT_STYLES)
-        raise ValueError(
-            f"unknown prompt style {style!r}; valid styles: {', '.join(valid)}.{closest_match_hint(style, valid)}"
-        )
+        raise unknown("prompt style", style, sorted(PROMPT_STYLES))
     return style
 
 

@@ -3,7 +3,7 @@
 Every record is appended as one line and flushed + fsynced when its episode ends, so a run killed at any moment
 loses at most the episode in flight. On the next run a truncated or corrupt line is reported with its line
 number, the file is rewritten atomically without it, and that episode is run again. An episode is identified by
-(suite, task_id, init_state, seed); a key already recorded is never run or counted twice.
+(suite, perturbation, task_id, init_state, seed); a key already recorded is never run or counted twice.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-KEY_FIELDS = ("suite", "task_id", "init_state", "seed")
+KEY_FIELDS = ("suite", "perturbation", "task_id", "init_state", "seed")  # one episode; perturbation "none" =
+# the standard suite (records written before perturbations existed have no such field: read as "none")
 EPISODES = "episodes.jsonl"
 SUMMARY = "summary.json"
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
-Key = tuple[str, int, int, int]
+Key = tuple[str, str, int, int, int]
 
 
 def episode_key(rec: dict) -> Key:
-    return (str(rec["suite"]), int(rec["task_id"]), int(rec["init_state"]), int(rec["seed"]))
+    """(suite, perturbation, task_id, init_state, seed) of a record."""
+    p = str(rec.get("perturbation") or "none")
+    return (str(rec["suite"]), p, int(rec["task_id"]), int(rec["init_state"]), int(rec["seed"]))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class EpisodeSpec:
     episode_seed: int  # derived from (seed, suite, task, init): seeds torch/numpy for this episode
     max_steps: int  # env steps after the wait steps
     video: str | None = None  # mp4 path, or None
+    perturbation: str = "none"  # LIBERO-PRO variant of the suite ("none" = the standard suite)
 
 
 def derive_seed(seed: int, suite: str, task_id: int, init_state: int) -> int:
@@ -389,7 +390,8 @@ def run_episodes(
 
 
 def _key(spec: EpisodeSpec) -> tuple:
-    return (spec.suite, spec.task_id, spec.init_state, spec.seed)
+    """The record key of a spec (eval_libero.records.episode_key)."""
+    return (spec.suite, spec.perturbation, spec.task_id, spec.init_state, spec.seed)
 
 
 def _name(s: EpisodeSpec) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from eval_libero import records as rec_io
-from eval_libero.rollout import EpisodeSpec, PolicyRunner, derive_seed, run_episodes
+from eval_libero.rollout import EpisodeSpec, PolicyRunner, _key, derive_seed, run_episodes
 from eval_libero.suites import (
     N_INIT_STATES,
     NUM_WAIT_STEPS,
@@ -258,9 +258,7 @@ def _evaluate_locked(cfg, run, rank, world, plan, ckpt, policy_cfg, meta, log) -
     if bad:
         raise EvalError(f"{run} holds episodes of a different evaluation ({'; '.join(bad)}); use a new --out")
     done = {rec_io.episode_key(r) for r in known}
-    todo = [
-        s for s in plan if s.index % world == rank and (s.suite, s.task_id, s.init_state, s.seed) not in done
-    ]
+    todo = [s for s in plan if s.index % world == rank and _key(s) not in done]
     log(
         f"{run}: {len(plan)} episodes planned, {len(done)} recorded, {len(todo)} to run"
         + (f" (rank {rank}/{world})" if world > 1 else "")
@@ -271,7 +269,7 @@ def _evaluate_locked(cfg, run, rank, world, plan, ckpt, policy_cfg, meta, log) -
         rec_io.done_marker(run, rank, world).write_text(str(len(todo) - lost))
     if world == 1 or rec_io.all_ranks_done(run, world):
         all_records = rec_io.merge_shards(run, log)
-        planned = {(s.suite, s.task_id, s.init_state, s.seed) for s in plan}
+        planned = {_key(s) for s in plan}
         missing = len(planned - {rec_io.episode_key(r) for r in all_records})
         summary = rec_io.write_summary(
             run, all_records, {**meta, "run": str(run), "planned": len(plan), "missing": missing}
@@ -303,7 +301,8 @@ def _run(cfg, run, ckpt, policy_cfg, meta, todo, known, own, rank, world, log) -
     bar = tqdm(total=len(todo), desc=f"eval {meta['label']}", unit="ep", dynamic_ncols=True)
 
     def on_done(spec: EpisodeSpec, res: dict) -> None:
-        key = dict(suite=spec.suite, task_id=spec.task_id, init_state=spec.init_state, seed=spec.seed)
+        key = dict(suite=spec.suite, perturbation=spec.perturbation, task_id=spec.task_id)
+        key.update(init_state=spec.init_state, seed=spec.seed)
         writer.append({**key, "episode_seed": spec.episode_seed, **res, **meta, "policy_calls": runner.mode})
         k_n = tally[spec.suite]
         k_n[0] += res["success"]

@@ -7,8 +7,9 @@ Step caps count env steps *after* the 10 wait steps. Two named protocols:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
+
+from hints import unknown
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,7 @@ def resolve_suite(name: str) -> Suite:
     """`libero_goal`, `goal` (any case) -> the Suite; a clear error naming the valid choices otherwise."""
     key = name.strip().lower()
     if key not in _ALIASES:
-        close = difflib.get_close_matches(key, list(_ALIASES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown LIBERO suite {name!r}{hint}; valid: {_valid()}")
+        raise unknown("LIBERO suite", name, list(_ALIASES), valid=_valid())
     return SUITES[_ALIASES[key]]
 
 

@@ -36,13 +36,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _closest(name: str, choices: list[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = argparse.ArgumentParser(prog="r1vla", description=__doc__.splitlines()[0])
@@ -55,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(
-            f"r1vla: unknown command {name!r}{_closest(name, list(SUBCOMMANDS))}; valid: {', '.join(SUBCOMMANDS)}",
-            file=sys.stderr,
-        )
+        from hints import unknown
+
+        print(f"r1vla: {unknown('command', name, list(SUBCOMMANDS))}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"r1vla {name}", description=SUBCOMMANDS[name][1])

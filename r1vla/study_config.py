@@ -14,7 +14,6 @@ eval: {suites: [spatial, object, goal, long], init_states: "0-49", seeds: [7], p
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import yaml
 
 from adapters import get_preset
 from eval_libero.suites import PROTOCOLS, parse_index_list, parse_suites, resolve_suite
+from hints import did_you_mean, unknown
 
 DATA_SOURCES = ("generate", "local", "hub")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -99,11 +99,6 @@ def _plain(x):
     return x
 
 
-def _hint(value: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _build(cls, raw: dict, where: str):
     """A frozen dataclass from a dict, naming unknown fields and their closest valid one."""
     if not isinstance(raw, dict):
@@ -111,7 +106,9 @@ def _build(cls, raw: dict, where: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ValueError(f"unknown field {where}.{key}{_hint(key, names)}; valid: {', '.join(names)}")
+            raise ValueError(
+                f"unknown field {where}.{key}{did_you_mean(key, names)}; valid: {', '.join(names)}"
+            )
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     return cls(
         **{k: tuple(v) if "tuple" in str(types[k]) and isinstance(v, list) else v for k, v in raw.items()}
@@ -195,7 +192,7 @@ def _check_policy_fields(policy: dict) -> None:
     for key in policy:
         if key not in names:
             raise ValueError(
-                f"unknown policy field {key!r}{_hint(key, names)}; see policies/r1vla/configuration_r1vla.py"
+                f"unknown policy field {key!r}{did_you_mean(key, names)}; see policies/r1vla/configuration_r1vla.py"
             )
 
 
@@ -246,7 +243,5 @@ PRESETS: dict[str, StudyConfig] = {
 
 def preset(name: str) -> StudyConfig:
     if name not in PRESETS:
-        raise ValueError(
-            f"unknown study preset {name!r}{_hint(name, list(PRESETS))}; valid: {', '.join(PRESETS)}"
-        )
+        raise unknown("study preset", name, list(PRESETS))
     return PRESETS[name]

@@ -346,7 +346,7 @@ def test_l1_needs_queries():
 
 def test_make_head_errors_and_registry():
     with pytest.raises(
-        ValueError, match=r"unknown action head 'flwo'.*\['flow', 'l1'\].*did you mean 'flow'"
+        ValueError, match=r"unknown action head 'flwo' \(did you mean 'flow'\?\); valid: flow, l1"
     ):
         make_head("flwo", {}, D)
     with pytest.raises(ValueError, match="did you mean 'num_layers'"):

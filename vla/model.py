@@ -1,10 +1,11 @@
 """VLAModel = backbone + action head, plus the head registry / factory (pure torch)."""
 
 import dataclasses
-import difflib
 
 import torch
 import torch.nn as nn
+
+from hints import did_you_mean, unknown
 
 from .flow_head import FlowHeadConfig, FlowMatchingHead
 from .l1_head import L1ChunkHead, L1HeadConfig
@@ -25,11 +26,6 @@ register_head("flow", FlowHeadConfig, FlowMatchingHead)
 register_head("l1", L1HeadConfig, L1ChunkHead)
 
 
-def _closest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def make_head(
     name: str,
     cfg_overrides: dict | None,
@@ -39,15 +35,14 @@ def make_head(
 ) -> nn.Module:
     """Build the head registered as `name` with its default config updated by `cfg_overrides`."""
     if name not in HEADS:
-        valid = sorted(HEADS)
-        raise ValueError(f"unknown action head '{name}'; valid names: {valid}{_closest(name, valid)}")
+        raise unknown("action head", name, sorted(HEADS))
     config_cls, head_cls = HEADS[name]
     overrides = dict(cfg_overrides or {})
     fields = [f.name for f in dataclasses.fields(config_cls)]
     bad = [k for k in overrides if k not in fields]
     if bad:
         raise ValueError(
-            f"unknown {config_cls.__name__} field(s) {bad}{_closest(bad[0], fields)} (valid: {fields})"
+            f"unknown {config_cls.__name__} field(s) {bad}{did_you_mean(bad[0], fields)}; valid: {', '.join(fields)}"
         )
     return head_cls(config_cls(**overrides), backbone_dim, state_dim=state_dim, action_dim=action_dim)
 

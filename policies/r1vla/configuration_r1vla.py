@@ -6,7 +6,6 @@ Only the backbone key/path differs between the runs of a transfer study; every o
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from lerobot.configs.policies import PreTrainedConfig
@@ -16,6 +15,7 @@ from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from adapters import BackboneConfig
+from hints import check as _check_choice
 
 HEADS = ("flow", "l1")
 DEFAULT_CHUNK = {"flow": 16, "l1": 8}  # GR00T-N1.5 horizon 16; OpenVLA-OFT LIBERO chunk 8
@@ -25,13 +25,6 @@ RENAME_HINT = (
     "map your dataset's camera names onto these with LeRobot's rename map, e.g. "
     '--rename_map=\'{"observation.images.wrist_image": "observation.images.image2"}\''
 )
-
-
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        close = difflib.get_close_matches(str(value), valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown {name} {value!r}{hint}; valid: {', '.join(valid)}")
 
 
 @PreTrainedConfig.register_subclass("r1vla")
@@ -91,7 +84,7 @@ class R1VLAConfig(PreTrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice("head", self.head, HEADS)
+        _check_choice("head", self.head, HEADS)
         if self.chunk_size is None:
             self.chunk_size = DEFAULT_CHUNK[self.head]
         if self.n_action_steps > self.chunk_size:
