@@ -9,7 +9,8 @@ What the raw files hold, and what we do about it (see docs in /work/shared/probe
   timing  every obs/* entry is recorded AFTER its action (obs[t] follows actions[t]). We pair obs[t] with
           actions[t+1] -- the observation really seen before that action -- so actions[0] (no obs before it) and
           the last obs (no action after it) are dropped: one step is lost, nothing is shifted.
-          For replay, the episode starts from `states[1]` (the sim state before actions[1]) with no wait steps.
+          For replay, the episode starts from `states[1]` (the sim state before actions[1]) with no wait steps;
+          it is stored as the episode's start state in meta/start_states.npz (states[0] with --rerender).
   no-ops  dropped with OpenVLA's rule unless --keep-noops (the hub data has none)
   --rerender  the OFT way (what the hub datasets did): reset the task env, set `states[0]`, 10 wait steps,
           replay the actions (no-ops skipped) rendering 256x256 frames before each action; demos that do not
@@ -92,7 +93,7 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
 def convert_direct(g, size: int | None, keep_noops: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Arrays of one demo read straight from the file; returns (arrays, kept pair indices into obs)."""
     from demos.generate import NOOP_EPS
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, upright
 
     actions = np.asarray(g["actions"], np.float32)
     obs_idx = np.arange(len(actions) - 1)  # obs[i] is what the robot saw before actions[i + 1]
@@ -108,8 +109,8 @@ def convert_direct(g, size: int | None, keep_noops: bool) -> tuple[dict[str, np.
     state = np.concatenate([g["obs/ee_states"][:], g["obs/gripper_states"][:]], axis=1).astype(np.float32)
     side = size or g["obs/agentview_rgb"].shape[1]
     arrays = {
-        IMAGE_KEY: _resize(g["obs/agentview_rgb"][:][obs_idx][:, ::-1, ::-1], side),
-        WRIST_KEY: _resize(g["obs/eye_in_hand_rgb"][:][obs_idx][:, ::-1, ::-1], side),
+        IMAGE_KEY: _resize(upright(g["obs/agentview_rgb"][:][obs_idx]), side),
+        WRIST_KEY: _resize(upright(g["obs/eye_in_hand_rgb"][:][obs_idx]), side),
         STATE_KEY: state[obs_idx],
         "action": actions[obs_idx + 1],
     }
@@ -123,7 +124,7 @@ def convert_rerender(sim, g) -> dict[str, np.ndarray] | None:
     from eval_libero.sim import frame_from_obs
 
     actions = drop_noops(np.asarray(g["actions"], np.float32))
-    obs = reset_to(sim, {"init_state": g["states"][0], "wait_steps": 10})
+    obs = reset_to(sim, {"wait_steps": 10}, start_state=g["states"][0])
     frames, success = [], False
     for a in actions:
         frames.append(frame_from_obs(obs))
@@ -203,19 +204,27 @@ def convert(
                         "demo": d,
                         "success": True,
                     }
+                    start = (
+                        None  # what the file tells of the start: the sim state before the first kept action
+                    )
                     if rerender:
                         arrays = convert_rerender(sim, g)
-                        rec.update(init_state=np.asarray(g["states"][0]).tolist(), wait_steps=10)
+                        start = np.asarray(g["states"][0])
+                        rec.update(start="hdf5 states[0]", wait_steps=10)
                     else:
                         arrays, idx = convert_direct(g, None if keep_size else size, keep_noops)
                         if "states" in g and len(g["states"]) > 1:
-                            rec.update(init_state=np.asarray(g["states"][1]).tolist(), wait_steps=0)
+                            start = np.asarray(g["states"][1])
+                            rec.update(start="hdf5 states[1]", wait_steps=0)
+                        else:
+                            rec["start"] = "unknown (no states in the file)"
                         rec["pairing"] = "obs[t] (recorded after actions[t]) with actions[t+1]"
                     if arrays is None or len(arrays["action"]) == 0:
                         rec.update(
                             success=False, reason="replay did not succeed" if rerender else "no frames"
                         )
-                    stage_attempt(store.staging, rec, arrays if rec["success"] else None)
+                    ok = rec["success"]
+                    stage_attempt(store.staging, rec, arrays if ok else None, start if ok else None)
                     log(
                         f"{key}: {'ok' if rec['success'] else rec['reason']} "
                         f"({0 if arrays is None else len(arrays['action'])} frames)"

@@ -3,7 +3,8 @@
 Layout of an output folder (a plain local LeRobotDataset plus two things of ours):
     meta/, data/ [, videos/]     LeRobot v3 files (HuggingFaceVLA/libero schema)
     meta/r1vla_demos.json        our metadata: config, every attempt (success or not), per-episode origin
-                                 (suite, task_id, init_state_index, seed, ...), per-task expert success
+                                 (suite, task_id, start, init_state_index, seed, ...), per-task expert success
+    meta/start_states.npz        episode_<index> -> the flattened MuJoCo state the episode started from
     r1vla_staging/               finished attempts not yet in the dataset: <key>.attempt.json (+ <key>.npz)
 
 Crash safety: workers stage each finished attempt atomically (npz, then json). `commit()` moves staged
@@ -16,6 +17,7 @@ and none is written twice.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -35,6 +37,8 @@ _NEW = ".r1vla_new_dataset"  # where a first commit creates the dataset before m
 _MARKER = "commit_in_progress.marker"
 _BACKUP = "commit_backup"
 ARRAYS = {IMAGE_KEY: "image", WRIST_KEY: "image2", STATE_KEY: "state", "action": "action"}
+START_STATE = "start_state"  # staged beside the frames; committed into START_STATES
+START_STATES = "start_states.npz"  # meta/start_states.npz: episode_<index> -> flattened start sim state
 
 
 def features(image_size: int = 256, videos: bool = False) -> dict:
@@ -71,13 +75,20 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def stage_attempt(staging: Path, record: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+def stage_attempt(
+    staging: Path,
+    record: dict,
+    arrays: dict[str, np.ndarray] | None = None,
+    start_state: np.ndarray | None = None,
+) -> None:
     """Atomically stage one finished attempt: frames first (if any), then the record that points at them.
-    `arrays` maps feature keys to (T, ...) arrays. Safe to call from worker processes."""
+    `arrays` maps feature keys to (T, ...) arrays; `start_state` is the flattened sim state the episode started
+    from (committed into meta/start_states.npz). Safe to call from worker processes."""
     name = record["key"].replace("/", "__")
     if arrays is not None:
         tmp = staging / f"{name}.tmp.npz"
-        np.savez(tmp, **{ARRAYS[k]: v for k, v in arrays.items()})
+        start = {} if start_state is None else {START_STATE: np.asarray(start_state, np.float64)}
+        np.savez(tmp, **{ARRAYS[k]: v for k, v in arrays.items()}, **start)
         os.replace(tmp, staging / f"{name}.npz")
         record = {**record, "staged": f"{name}.npz"}
     _write_json(staging / f"{name}.attempt.json", record)
@@ -241,9 +252,12 @@ class DemoStore:
         if episodes:
             ds = self._open(use_videos=self.feats[IMAGE_KEY]["dtype"] == "video")
             first = ds.meta.total_episodes
+            starts = {}
             for i, rec in enumerate(episodes):
                 with np.load(self.staging / rec["staged"]) as z:
                     arrays = {k: z[v] for k, v in ARRAYS.items()}
+                    if START_STATE in z:
+                        starts[f"episode_{first + i}"] = z[START_STATE]
                 for t in range(len(arrays["action"])):
                     ds.add_frame({k: v[t] for k, v in arrays.items()} | {"task": rec["task"]})
                 ds.save_episode()
@@ -259,6 +273,13 @@ class DemoStore:
                 shutil.rmtree(new)
             shutil.rmtree(self.root / "images", ignore_errors=True)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
+        if episodes and starts:  # inside the transaction: a crash restores the backed-up file
+            path = self.root / "meta" / START_STATES
+            with np.load(path) if path.exists() else contextlib.nullcontext({}) as old:
+                merged = {k: old[k] for k in old} | starts
+            tmp = path.with_name(".tmp_" + path.name)
+            np.savez(tmp, **merged)
+            os.replace(tmp, path)
         for rec in staged:
             rec.pop("staged", None)
             self.meta["attempts"].append(rec)
@@ -286,3 +307,12 @@ def load_meta(root: str | Path) -> dict:
             f"{root} has no {path.relative_to(root)}: not a dataset written by r1vla demos/convert-hdf5"
         )
     return json.loads(path.read_text())
+
+
+def load_start_states(root: str | Path) -> dict[int, np.ndarray]:
+    """episode index -> start sim state, from meta/start_states.npz ({} when the dataset records none)."""
+    path = Path(root) / "meta" / START_STATES
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        return {int(k.removeprefix("episode_")): z[k] for k in z.files}

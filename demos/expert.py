@@ -241,21 +241,21 @@ class ExpertRun:
     success: bool
     reason: str  # "" on success, else why it failed
     final_eef: np.ndarray  # (3,) eef position after the last action
+    start_state: np.ndarray  # flattened MuJoCo state the episode started from (LIBERO init-state layout)
 
 
-def run_expert(sim, init_index: int, max_steps: int, noise: float = 0.0, seed: int = 0) -> ExpertRun:
-    """Reset `sim` (an eval_libero.sim.LiberoSim) to official init state `init_index`, run the expert until
-    LIBERO's success predicate holds or `max_steps` actions have been taken. Gaussian noise of std `noise`
-    is added to the 6 motion dimensions, then clipped to [-1, 1]. `seed` seeds the noise and, through
-    `env.seed` (= np.random.seed), the fixture placements LIBERO samples at reset (cabinets and stoves move by
-    ~1-2 cm between resets; the official init states only hold the movable objects' poses)."""
+def run_expert(sim, init_index: int | None, max_steps: int, noise: float = 0.0, seed: int = 0) -> ExpertRun:
+    """Reset `sim` (an eval_libero.sim.LiberoSim) to official init state `init_index`, or, with None, to LIBERO's
+    own randomized placement of the task's objects; run the expert until LIBERO's success predicate holds or
+    `max_steps` actions have been taken. Gaussian noise of std `noise` is added to the 6 motion dimensions, then
+    clipped to [-1, 1]. `seed` seeds the noise and, through `env.seed` (= np.random.seed), what LIBERO samples at
+    reset: the fixture placements (cabinets and stoves move by ~1-2 cm between resets; the official init states
+    only hold the movable objects' poses) and the randomized start."""
     from eval_libero.sim import state_from_obs
 
     rng = np.random.default_rng(seed)
-    sim.env.seed(
-        seed
-    )  # LIBERO samples fixture placements from np.random at every reset: make them reproducible
-    obs = sim.reset(init_index)
+    obs = sim.reset(init_index, seed=seed)
+    start_state = sim.start_state
     actions, states = [], []
     try:
         expert = Expert(sim.env, sim.info.bddl_file)
@@ -286,4 +286,5 @@ def run_expert(sim, init_index: int, max_steps: int, noise: float = 0.0, seed: i
         reason == "",
         reason,
         obs["robot0_eef_pos"].copy(),
+        start_state,
     )

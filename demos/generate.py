@@ -1,10 +1,14 @@
 """`r1vla demos`: LIBERO demonstrations from the scripted expert, as a local LeRobotDataset v3 (hub schema).
 
     r1vla demos --suites object,spatial,goal,long [--tasks 0,3] --episodes-per-task 50 --out data/libero_demos \
-        [--workers 2] [--seed 0] [--noise 0.0] [--videos]
+        [--workers 2] [--seed 0] [--noise 0.0] [--videos] [--official-init-states]
 
-Per task, attempt k starts from official init state k mod 50 with noise seed f(seed, suite, task, k); attempts
-run in waves until `--episodes-per-task` succeed or `--max-attempts` were made (the set of attempts is
+Per task, attempt k has the seed f(seed, suite, task, k), which seeds LIBERO's reset (the randomized placement
+of the task's objects in their BDDL regions, and the fixtures) and the expert's noise. Episodes therefore start
+from placements the evaluation never uses; every episode's start sim state is stored in the dataset's
+meta/start_states.npz (key `episode_<index>`, LIBERO's init-state layout) so that nothing can be evaluated on a
+training start by accident. `--official-init-states` starts attempt k from official init state k mod 50 instead
+(only for memorization checks: the evaluation uses these very states). Attempts run in waves until `--episodes-per-task` succeed or `--max-attempts` were made (the set of attempts is
 deterministic). Fast path: the expert runs without rendering (~20x faster per step); only a successful plan is
 replayed, no-ops dropped (OpenVLA's rule), in a rendered env from the same init state to record the frames.
 The replay must reproduce the plan (same states, success), else the attempt counts as failed.
@@ -46,6 +50,9 @@ class DemoConfig:
     protocol: str = "standard"  # step caps of eval_libero.suites
     commit_every: int = 10  # successful episodes between two dataset commits
     repo_id: str = "local/libero_demos"
+    official_init_states: bool = (
+        False  # start attempt k from official init state k mod 50 (memorization checks)
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class Job:
     seed: int
     noise: float
     max_steps: int
+    official: bool = (
+        False  # official init state attempt mod 50; else LIBERO's randomized placement under `seed`
+    )
 
     @property
     def key(self) -> str:
@@ -109,13 +119,12 @@ def _sim(suite: str, task_id: int, render: bool):
     return _SIMS[(suite, task_id, render)]
 
 
-def _replay(sim, init_index: int, seed: int, actions: np.ndarray, frames: bool):
-    """Execute `actions` from init state (fixtures placed by `seed`, as in run_expert); returns (states before
+def _replay(sim, start_state: np.ndarray, seed: int, actions: np.ndarray, frames: bool):
+    """Execute `actions` from `start_state` (fixtures placed by `seed`, as in run_expert); returns (states before
     each action, frames or [], first success step or -1, eef position after the last executed action)."""
     from eval_libero.sim import frame_from_obs, state_from_obs
 
-    sim.env.seed(seed)
-    obs, states, images, hit = sim.reset(init_index), [], [], -1
+    obs, states, images, hit = sim.reset(seed=seed, start_state=start_state), [], [], -1
     for t, a in enumerate(actions):
         f = frame_from_obs(obs) if frames else {"observation.state": state_from_obs(obs)}
         images += [f] if frames else []
@@ -127,33 +136,39 @@ def _replay(sim, init_index: int, seed: int, actions: np.ndarray, frames: bool):
     return np.stack(states), images, hit, obs["robot0_eef_pos"].copy()
 
 
-def plan_attempt(job: Job) -> tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+def plan_attempt(
+    job: Job,
+) -> tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Run the expert unrendered and drop no-ops; if any were dropped, check (unrendered: cheap) that the kept
-    actions still succeed. Returns (record, kept actions, reference states, reference final eef); the arrays
-    are None when the attempt failed (record["reason"] says why)."""
+    actions still succeed. Returns (record, kept actions, reference states, reference final eef, start state);
+    the middle arrays are None when the attempt failed (record["reason"] says why)."""
     from demos.expert import run_expert
 
-    sim, init = _sim(job.suite, job.task_id, False), job.attempt % N_INIT_STATES
+    sim = _sim(job.suite, job.task_id, False)
+    init = job.attempt % N_INIT_STATES if job.official else None
     rec = {
         "key": job.key,
         "task_key": f"{job.suite}/{job.task_id}",
         "suite": job.suite,
         "task_id": job.task_id,
     }
-    rec |= {"task": sim.info.language, "attempt": job.attempt, "init_state_index": init, "seed": job.seed}
+    rec |= {"task": sim.info.language, "attempt": job.attempt, "seed": job.seed}
+    rec |= {"start": "official" if job.official else "random"} | (
+        {} if init is None else {"init_state_index": init}
+    )
     rec |= {"wait_steps": 10, "success": False, "reason": ""}
     t0 = time.time()
     run = run_expert(sim, init, job.max_steps, job.noise, job.seed)
     rec.update(planned_steps=len(run.actions), plan_s=round(time.time() - t0, 2))
     if not run.success:
-        return rec | {"reason": run.reason}, None, None, None
+        return rec | {"reason": run.reason}, None, None, None, run.start_state
     kept, ref_states, ref_eef = drop_noops(run.actions), run.states, run.final_eef
     if len(kept) < len(run.actions):
-        ref_states, _, hit, ref_eef = _replay(sim, init, job.seed, kept, frames=False)
+        ref_states, _, hit, ref_eef = _replay(sim, run.start_state, job.seed, kept, frames=False)
         if hit < 0:
-            return rec | {"reason": "success lost after dropping no-ops"}, None, None, None
+            return rec | {"reason": "success lost after dropping no-ops"}, None, None, None, run.start_state
         kept, ref_states = kept[: hit + 1], ref_states[: hit + 1]
-    return rec, kept, ref_states, ref_eef
+    return rec, kept, ref_states, ref_eef, run.start_state
 
 
 def run_attempt(job: Job, staging: str) -> dict:
@@ -161,14 +176,12 @@ def run_attempt(job: Job, staging: str) -> dict:
     from demos.dataset import stage_attempt
     from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
 
-    rec, kept, ref_states, ref_eef = plan_attempt(job)
+    rec, kept, ref_states, ref_eef, start = plan_attempt(job)
     if kept is None:
         stage_attempt(Path(staging), rec)
         return rec
     t1 = time.time()
-    states, frames, hit, eef = _replay(
-        _sim(job.suite, job.task_id, True), rec["init_state_index"], job.seed, kept, True
-    )
+    states, frames, hit, eef = _replay(_sim(job.suite, job.task_id, True), start, job.seed, kept, True)
     n = min(len(states), len(ref_states))
     dev = float(max(np.abs(states[:n] - ref_states[:n]).max(initial=0.0), np.abs(eef - ref_eef).max()))
     rec.update(render_s=round(time.time() - t1, 2), kept_steps=len(kept), replay_max_dev=dev)
@@ -179,13 +192,13 @@ def run_attempt(job: Job, staging: str) -> dict:
     arrays = {k: np.stack([f[k] for f in frames]) for k in (IMAGE_KEY, WRIST_KEY, STATE_KEY)}
     arrays["action"] = kept.astype(np.float32)
     rec.update(success=True, length=len(kept))
-    stage_attempt(Path(staging), rec, arrays)
+    stage_attempt(Path(staging), rec, arrays, start_state=start)
     return rec
 
 
 def plan_only(job: Job) -> dict:
     """`--plan-only`: one attempt's success (expert plan + no-op removal), without rendering or saving."""
-    rec, kept, _, _ = plan_attempt(job)
+    rec, kept, _, _, _ = plan_attempt(job)
     return rec | {"success": kept is not None, "max_steps": job.max_steps}
 
 
@@ -202,6 +215,12 @@ class _Inline:
         pass
 
 
+def _job(cfg: DemoConfig, suite, task_id: int, attempt: int) -> Job:
+    seed = episode_seed(cfg.seed, suite.name, task_id, attempt)
+    steps = max_steps(suite, cfg.protocol)
+    return Job(suite.name, task_id, attempt, seed, cfg.noise, steps, cfg.official_init_states)
+
+
 def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -> dict:
     """Generate (or continue generating) the dataset; returns the per-task summary."""
     from tqdm import tqdm
@@ -213,7 +232,7 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
     if cfg.episodes_per_task < 1:
         raise ValueError("--episodes-per-task must be >= 1")
     cap = cfg.max_attempts or 2 * cfg.episodes_per_task
-    if cfg.noise == 0:  # without noise, attempt k + 50 would repeat attempt k exactly
+    if cfg.official_init_states and cfg.noise == 0:  # without noise, attempt k + 50 would repeat attempt k
         if cfg.episodes_per_task > N_INIT_STATES:
             raise ValueError(
                 f"more than {N_INIT_STATES} episodes per task repeat init states: add --noise > 0"
@@ -231,6 +250,7 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
             "protocol": cfg.protocol,
             "fps": 10,
             "noop_threshold": NOOP_EPS,
+            "starts": "official_init_states" if cfg.official_init_states else "randomized",
         },
     )
     done: dict[tuple[str, int], dict[int, bool]] = {(s.name, t): {} for s, t in tasks}
@@ -250,9 +270,7 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
             if (s.name, t) in unsupported:  # the expert cannot do this task: one attempt says so, stop there
                 continue
             for k in next_attempts(done[(s.name, t)], cfg.episodes_per_task, cap):
-                job = Job(
-                    s.name, t, k, episode_seed(cfg.seed, s.name, t, k), cfg.noise, max_steps(s, cfg.protocol)
-                )
+                job = _job(cfg, s, t, k)
                 if job.key not in inflight:
                     out.append(job)
         return out
@@ -313,7 +331,7 @@ def measure(cfg: DemoConfig, json_path: str | None = None) -> dict[str, dict]:
 
     suites = parse_suites(list(cfg.suites))
     jobs = [
-        Job(s.name, t, k, episode_seed(cfg.seed, s.name, t, k), cfg.noise, max_steps(s, cfg.protocol))
+        _job(cfg, s, t, k)
         for s in suites
         for t in parse_index_list(cfg.tasks, s.n_tasks, f"{s.name} task id")
         for k in range(cfg.episodes_per_task)
@@ -373,11 +391,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="only measure expert success (unrendered, nothing saved): attempts 0..N-1 of each task",
     )
     p.add_argument("--json", default=None, help="with --plan-only: also write the per-attempt results here")
+    p.add_argument(
+        "--official-init-states",
+        action="store_true",
+        help="start attempt k from official init state k mod 50 (memorization checks only: the evaluation uses "
+        "these states) instead of LIBERO's randomized placement",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     fields = ("tasks", "episodes_per_task", "out", "workers", "seed", "noise", "videos", "max_attempts")
-    more = ("protocol", "commit_every", "repo_id")
+    more = ("protocol", "commit_every", "repo_id", "official_init_states")
     cfg = DemoConfig(suites=tuple(args.suites.split(",")), **{k: getattr(args, k) for k in fields + more})
     try:
         if not (cfg.out or args.plan_only):

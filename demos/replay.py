@@ -2,8 +2,9 @@
 
     r1vla replay DATASET [--episodes 0,2] [--check-frames]
 
-Each episode restarts from its recorded init state (meta/r1vla_demos.json: suite, task_id, init_state_index
-or init_state, wait_steps), then applies the recorded actions one by one. At every step the recorded
+Each episode restarts from its recorded start (meta/start_states.npz, else the official init state
+`init_state_index` of meta/r1vla_demos.json; fixtures placed by its `seed`; then its wait steps), then applies
+the recorded actions one by one. At every step the recorded
 `observation.state` is compared with the replayed one (max abs deviation reported), and with
 `--check-frames` (rendered, slow) the recorded images are compared with fresh renders. This catches gripper
 polarity, image orientation and state-definition bugs: any of them shows up as a failed replay or a
@@ -32,27 +33,34 @@ class ReplayResult:
     max_image_dev: float | None  # in uint8 levels; None when frames were not checked
 
 
-def reset_to(sim, rec: dict) -> dict:
-    """Reset a LiberoSim to the episode's recorded init state (and fixture placement: LIBERO samples it from
-    np.random at reset, seeded with the episode's `seed` when it has one); returns the raw obs."""
-    if rec.get("seed") is not None:
-        sim.env.seed(int(rec["seed"]))
-    if "init_state_index" in rec:
-        return sim.reset(rec["init_state_index"], wait_steps=rec.get("wait_steps", 10))
-    sim.env.reset()
-    obs = sim.env.set_init_state(np.asarray(rec["init_state"], dtype=np.float64))
-    for _ in range(rec.get("wait_steps", 0)):
-        obs, _, _, _ = sim.env.step([0.0] * 6 + [-1.0])
-    return obs
+def reset_to(sim, rec: dict, start_state: np.ndarray | None = None) -> dict:
+    """Reset a LiberoSim to the episode's start: `start_state` (from meta/start_states.npz), else its official
+    init state `init_state_index`, else a legacy `init_state` list; fixtures are placed from the episode's `seed`
+    (LIBERO samples them from np.random at reset). Then the recorded wait steps; returns the raw obs."""
+    if start_state is None and "init_state_index" not in rec:
+        if "init_state" not in rec:
+            raise ValueError(f"episode {rec.get('episode_index')}: no start state recorded; cannot replay it")
+        start_state = np.asarray(
+            rec["init_state"], dtype=np.float64
+        )  # datasets written before start_states.npz
+    seed = None if rec.get("seed") is None else int(rec["seed"])
+    return sim.reset(
+        rec.get("init_state_index"), rec.get("wait_steps", 10), seed=seed, start_state=start_state
+    )
 
 
 def replay_episode(
-    sim, rec: dict, states: np.ndarray, actions: np.ndarray, images: dict | None = None
+    sim,
+    rec: dict,
+    states: np.ndarray,
+    actions: np.ndarray,
+    images: dict | None = None,
+    start_state: np.ndarray | None = None,
 ) -> ReplayResult:
     """Replay one episode. `images` (optional) maps image keys to (T, H, W, 3) uint8 recorded frames."""
     from eval_libero.sim import frame_from_obs, state_from_obs
 
-    obs = reset_to(sim, rec)
+    obs = reset_to(sim, rec, start_state)
     state_dev, image_dev, first = 0.0, 0.0 if images else None, -1
     success = False
     for t, a in enumerate(actions):
@@ -91,10 +99,11 @@ def replay(
 ) -> list[ReplayResult]:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from demos.dataset import load_meta
+    from demos.dataset import load_meta, load_start_states
     from eval_libero.sim import LiberoSim
 
     meta = load_meta(root)
+    starts = load_start_states(root)
     ds = LeRobotDataset(meta.get("repo_id", "local/libero_demos"), root=root)
     recs = {r["episode_index"]: r for r in meta["episodes"]}
     wanted = parse_index_list(episodes, ds.meta.total_episodes, "episode")
@@ -110,7 +119,7 @@ def replay(
                 s.close()
             sims = {key: LiberoSim(rec["suite"], rec["task_id"], render=check_frames)}
         states, actions, images = load_episode(ds, e, check_frames)
-        r = replay_episode(sims[key], rec, states, actions, images)
+        r = replay_episode(sims[key], rec, states, actions, images, starts.get(e))
         img = "" if r.max_image_dev is None else f"  max image dev {r.max_image_dev:.0f}/255"
         log(
             f"episode {e:>4} {rec['suite']} t{rec['task_id']} init {rec.get('init_state_index', '-')}: "

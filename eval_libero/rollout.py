@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from eval_libero.sim import upright
+
 RAW_KEYS = tuple(  # what LeRobot's LiberoEnv reads from a raw observation
     "agentview_image robot0_eye_in_hand_image robot0_eef_pos robot0_eef_quat robot0_gripper_qpos "
     "robot0_gripper_qvel robot0_joint_pos robot0_joint_vel".split()
@@ -56,8 +58,23 @@ def raw_obs_for_lerobot(sim: Any, raw: dict) -> dict:
     return out
 
 
-def _finish(spec: EpisodeSpec, success: bool, steps: int, frames: list | None) -> dict:
-    out = {"success": success, "steps": steps, "video": None}
+def obs_digest(raw: dict) -> str:
+    """Short sha256 of what the policy reads from a raw observation (both cameras, eef pose, gripper): two runs
+    that start an episode identically (same init state and fixture placement) have the same digest."""
+    h = hashlib.sha256()
+    for k in (
+        "agentview_image",
+        "robot0_eye_in_hand_image",
+        "robot0_eef_pos",
+        "robot0_eef_quat",
+        "robot0_gripper_qpos",
+    ):
+        h.update(np.ascontiguousarray(raw[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _finish(spec: EpisodeSpec, success: bool, steps: int, frames: list | None, first: str) -> dict:
+    out = {"success": success, "steps": steps, "video": None, "first_obs_sha256": first}
     if frames:
         try:
             import imageio.v2 as imageio
@@ -77,7 +94,7 @@ def worker_main(conn: Any, wait_steps: int, image_size: int) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from eval_libero.sim import LiberoSim
 
-    sim, where, spec, steps, frames = None, None, None, 0, None
+    sim, where, spec, steps, frames, first = None, None, None, 0, None, ""
     while True:
         try:
             msg = conn.recv()
@@ -95,7 +112,7 @@ def worker_main(conn: Any, wait_steps: int, image_size: int) -> None:
                     sim = LiberoSim(spec.suite, spec.task_id, size=image_size)
                     where = (spec.suite, spec.task_id)
                 raw = sim.reset(spec.init_state, wait_steps, seed=spec.episode_seed % 2**32)
-                steps, frames = 0, ([] if spec.video else None)
+                steps, frames, first = 0, ([] if spec.video else None), obs_digest(raw)
                 _add_frame(frames, raw)
                 conn.send(("obs", raw_obs_for_lerobot(sim, raw), sim.info.language))
             elif msg[0] == "step":
@@ -103,13 +120,13 @@ def worker_main(conn: Any, wait_steps: int, image_size: int) -> None:
                 steps += 1
                 _add_frame(frames, raw)
                 if ok or steps >= spec.max_steps:
-                    conn.send(("done", _finish(spec, ok, steps, frames)))
+                    conn.send(("done", _finish(spec, ok, steps, frames, first)))
                 elif msg[2]:
                     conn.send(("obs", raw_obs_for_lerobot(sim, raw), sim.info.language))
                 else:
                     conn.send(("ok",))
             else:  # abort
-                conn.send(("done", _finish(spec, False, steps, frames)))
+                conn.send(("done", _finish(spec, False, steps, frames, first)))
         except Exception:
             with contextlib.suppress(Exception):
                 sim.close()
@@ -122,7 +139,7 @@ def worker_main(conn: Any, wait_steps: int, image_size: int) -> None:
 def _add_frame(frames: list | None, raw: dict) -> None:
     if frames is not None:  # upright (dataset convention): agentview | wrist
         views = (raw["agentview_image"], raw["robot0_eye_in_hand_image"])
-        frames.append(np.concatenate([v[::-1, ::-1] for v in views], 1))
+        frames.append(np.concatenate([upright(v) for v in views], 1))
 
 
 # ---- policy side ----------------------------------------------------------------------------------------------
@@ -293,6 +310,7 @@ class _Worker:
             wall_s=round(now - self.t0, 3),
             video=res["video"],
             actions_sha256=self.sha.hexdigest()[:16],
+            first_obs_sha256=res["first_obs_sha256"],
             instruction=self.task,
         )
 

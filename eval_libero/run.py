@@ -140,8 +140,13 @@ def weight_files(p: Path) -> list[Path]:
 
 
 def checkpoint_hash(p: Path) -> str:
+    """Short sha256 over what defines the policy: config.json, the processor files (pipelines and their state,
+    e.g. normalisation stats) and the weights. A changed `n_action_steps` or flow-step count is another run."""
     h = hashlib.sha256()
-    for f in weight_files(p):
+    defining = [
+        f for f in p.iterdir() if f.is_file() and (f.name == "config.json" or f.name.startswith("policy_"))
+    ]
+    for f in sorted({*defining, *weight_files(p)}):
         h.update(str(f.relative_to(p)).encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 24), b""):

@@ -49,11 +49,17 @@ def state_from_obs(raw_obs: dict) -> np.ndarray:
     ).astype(np.float32)
 
 
+def upright(raw_image: np.ndarray) -> np.ndarray:
+    """THE image convention: a raw LIBERO render (..., H, W, 3), upside down, rotated 180 deg -> upright and
+    mirrored left-right, as the hub datasets and LeRobot's env pipeline store it. Works on one frame or a stack."""
+    return np.ascontiguousarray(np.asarray(raw_image)[..., ::-1, ::-1, :])
+
+
 def frame_from_obs(raw_obs: dict) -> dict[str, np.ndarray]:
     """Raw LIBERO observation -> dataset/policy frame: upright uint8 HWC images + 8-D state."""
     return {
-        IMAGE_KEY: np.ascontiguousarray(raw_obs["agentview_image"][::-1, ::-1]),
-        WRIST_KEY: np.ascontiguousarray(raw_obs["robot0_eye_in_hand_image"][::-1, ::-1]),
+        IMAGE_KEY: upright(raw_obs["agentview_image"]),
+        WRIST_KEY: upright(raw_obs["robot0_eye_in_hand_image"]),
         STATE_KEY: state_from_obs(raw_obs),
     }
 
@@ -96,7 +102,8 @@ def init_states(suite_name: str, task_id: int) -> np.ndarray:
 
 
 class LiberoSim:
-    """One LIBERO task: reset to an official init state, step, check success. `render=False` skips the
+    """One LIBERO task: reset to an official init state, a recorded start state or a randomized placement; step,
+    check success. `render=False` skips the
     cameras (~100 steps/s instead of ~5): physics are identical, so a plan made without rendering can be
     re-rendered by replaying its actions."""
 
@@ -112,14 +119,30 @@ class LiberoSim:
         self.env = OffScreenRenderEnv(bddl_file_name=self.info.bddl_file, **kwargs)
         self.env.seed(0)
 
-    def reset(self, init_index: int, wait_steps: int = NUM_WAIT_STEPS, seed: int | None = None) -> dict:
-        """Official init state `init_index` (mod 50), then `wait_steps` dummy steps. Returns the raw obs.
-        LIBERO re-places fixtures (cabinets, stoves, racks: not part of the init state) from the global numpy RNG at
-        every reset; `seed` makes that placement, and so the episode, reproducible."""
+    def reset(
+        self,
+        init_index: int | None = None,
+        wait_steps: int = NUM_WAIT_STEPS,
+        seed: int | None = None,
+        start_state: np.ndarray | None = None,
+    ) -> dict:
+        """Start an episode, then take `wait_steps` dummy steps; returns the raw obs. The start (a flattened MuJoCo
+        state, the layout of LIBERO's init states) is, in order of precedence: `start_state`; official init state
+        `init_index` (mod 50); else LIBERO's own randomized placement of the task's BDDL regions, sampled at reset.
+        LIBERO re-places fixtures (cabinets, stoves, racks: not part of a start state) and samples the randomized
+        placement from the global numpy RNG at every reset; `seed` makes both, and so the episode, reproducible.
+        The start used is kept in `self.start_state`."""
         if seed is not None:
             self.env.seed(seed)
         self.env.reset()
-        obs = self.env.set_init_state(self._init_states[init_index % len(self._init_states)])
+        if start_state is None:
+            start_state = (
+                self.sim_state()
+                if init_index is None
+                else self._init_states[init_index % len(self._init_states)]
+            )
+        self.start_state = np.asarray(start_state, dtype=np.float64).copy()
+        obs = self.env.set_init_state(self.start_state)
         for _ in range(wait_steps):
             obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
         return obs

@@ -245,37 +245,65 @@ def _write_libero_hdf5(path: Path, n_demos: int = 2, T: int = 7, drop: tuple[str
     return demos
 
 
-def test_convert_hdf5_matches_the_generated_format(tmp_path):
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from PIL import Image
+def _marked_frame(row: int, col: int, size: int = 128) -> np.ndarray:
+    """A black raw frame with one red pixel at (row, col) of the stored (upside-down) array."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[row, col] = (255, 0, 0)
+    return img
 
-    src = _write_libero_hdf5(tmp_path / "KITCHEN_SCENE3_x_demo.hdf5")
-    out = tmp_path / "conv"
-    assert main(["convert-hdf5", str(tmp_path / "KITCHEN_SCENE3_x_demo.hdf5"), "--out", str(out)]) == 0
-    info = json.loads((out / "meta" / "info.json").read_text())
+
+def test_convert_hdf5_matches_the_generated_format(tmp_path):
+    import h5py
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from eval_libero.sim import frame_from_obs
+
+    path = tmp_path / "KITCHEN_SCENE3_x_demo.hdf5"
+    src = _write_libero_hdf5(path)
+    with h5py.File(path, "r+") as f:  # demo_1, obs 2: a known pixel in an otherwise black frame
+        f["data/demo_1/obs/agentview_rgb"][2] = src["demo_1"]["obs/agentview_rgb"][2] = _marked_frame(10, 20)
+    for out, extra in ((tmp_path / "conv", []), (tmp_path / "conv128", ["--keep-size"])):
+        assert main(["convert-hdf5", str(path), "--out", str(out), *extra]) == 0
+    info = json.loads((tmp_path / "conv" / "meta" / "info.json").read_text())
     want = features()  # the schema `r1vla demos` writes
     assert {k: info["features"][k] for k in want} == {
         k: {**v, "shape": list(v["shape"])} for k, v in want.items()
     }
     assert info["fps"] == 10 and info["robot_type"] == "panda"
-    ds = LeRobotDataset("local/libero_demos", root=out)
+    ds = LeRobotDataset("local/libero_demos", root=tmp_path / "conv")
     assert (
         ds.num_episodes == 2 and ds.num_frames == 2 * 6
     )  # one step lost per demo to the obs-after-action shift
     d = src["demo_1"]
     item = ds[6 + 2]  # episode 1, frame 2 = obs[2] (recorded after actions[2]) paired with actions[3]
-    flipped = d["obs/agentview_rgb"][2][::-1, ::-1]
-    expect = np.asarray(Image.fromarray(np.ascontiguousarray(flipped)).resize((256, 256), Image.BILINEAR))
-    got = (item[IMAGE_KEY].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    assert np.array_equal(got, expect)
+    # the raw pixel (row 10, col 20) of an upside-down 128^2 render lands at (117, 107) upright and mirrored
+    small = LeRobotDataset("local/libero_demos", root=tmp_path / "conv128")[6 + 2][IMAGE_KEY]
+    small = (small.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert small.shape == (128, 128, 3) and np.argwhere(small[..., 0] == 255).tolist() == [[117, 107]]
+    raw = {
+        "agentview_image": d["obs/agentview_rgb"][2],
+        "robot0_eye_in_hand_image": d["obs/eye_in_hand_rgb"][2],
+    }
+    raw |= {
+        "robot0_eef_pos": np.zeros(3),
+        "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
+        "robot0_gripper_qpos": np.zeros(2),
+    }
+    assert np.array_equal(small, frame_from_obs(raw)[IMAGE_KEY])  # the one convention of eval_libero/sim.py
+    big = (item[IMAGE_KEY].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # resized to 256^2
+    r, c = np.unravel_index(np.argmax(big[..., 0]), big.shape[:2])
+    assert 234 <= r <= 235 and 214 <= c <= 215 and big[..., 1:].max() == 0  # the same place, twice the size
     np.testing.assert_allclose(
         item[STATE_KEY].numpy(), np.r_[d["obs/ee_states"][2], d["obs/gripper_states"][2]], rtol=0, atol=1e-6
     )
     np.testing.assert_allclose(item["action"].numpy(), d["actions"][3], rtol=0, atol=1e-6)
     assert item["task"] == OBJECT0
-    rec = load_meta(out)["episodes"][1]
+    rec = load_meta(tmp_path / "conv")["episodes"][1]
     assert (rec["suite"], rec["task_id"], rec["wait_steps"]) == ("libero_object", 0, 0)
-    np.testing.assert_allclose(rec["init_state"], d["states"][1])
+    from demos.dataset import load_start_states
+
+    assert rec["start"] == "hdf5 states[1]"
+    np.testing.assert_array_equal(load_start_states(tmp_path / "conv")[1], d["states"][1])
 
 
 def test_convert_hdf5_names_missing_keys(tmp_path, capsys):
@@ -325,10 +353,26 @@ def test_interrupted_generation_resumes_without_duplicates(generated):
     meta = load_meta(root)
     keys = [e["key"] for e in meta["episodes"]]
     assert len(keys) == len(set(keys)) == 2
-    assert sorted(e["init_state_index"] for e in meta["episodes"]) == sorted(
-        e["attempt"] % 50 for e in meta["episodes"]
-    )
     assert not list((root / STAGING).glob("*.npz"))
+
+
+@pytest.mark.libero
+def test_generated_starts_are_randomized_recorded_and_never_official(generated):
+    """No train/eval leakage: every episode starts from LIBERO's randomized placement under its recorded seed, its
+    start state is stored in meta/start_states.npz, and it differs from all 50 official init states."""
+    from demos.dataset import load_start_states
+    from eval_libero.sim import init_states
+
+    root = generated[0]
+    meta, starts = load_meta(root), load_start_states(root)
+    assert meta["config"]["starts"] == "randomized"
+    official = init_states("libero_object", OBJECT_TASK)  # (50, n)
+    assert sorted(starts) == sorted(e["episode_index"] for e in meta["episodes"]) == [0, 1]
+    for e in meta["episodes"]:
+        assert e["start"] == "random" and "init_state_index" not in e and isinstance(e["seed"], int)
+        start = starts[e["episode_index"]]
+        assert start.shape == official.shape[1:] and np.abs(official - start).max(axis=1).min() > 1e-4
+    assert np.abs(starts[0] - starts[1]).max() > 1e-4
 
 
 @pytest.mark.libero
@@ -393,12 +437,15 @@ def test_replay_catches_a_gripper_polarity_bug(generated):
     from demos.generate import _sim
     from demos.replay import load_episode, replay_episode
 
+    from demos.dataset import load_start_states
+
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
     states, actions, _ = load_episode(LeRobotDataset("local/libero_demos", root=root), 0, frames=False)
     flipped = actions.copy()
     flipped[:, 6] *= -1
-    bad = replay_episode(_sim("libero_object", OBJECT_TASK, False), rec, states, flipped)
+    start = load_start_states(root)[0]
+    bad = replay_episode(_sim("libero_object", OBJECT_TASK, False), rec, states, flipped, start_state=start)
     assert not bad.success and bad.max_state_dev > 0.01
 
 
@@ -415,11 +462,13 @@ def test_frames_equal_lerobots_libero_pipeline(generated):
     from demos.generate import _sim
     from eval_libero.sim import frame_from_obs
 
+    from demos.dataset import load_start_states
+    from demos.replay import reset_to
+
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
     sim = _sim("libero_object", OBJECT_TASK, True)  # the rendering env the generation used
-    sim.env.seed(rec["seed"])  # the fixture placement of that episode
-    raw = sim.reset(rec["init_state_index"])
+    raw = reset_to(sim, rec, load_start_states(root)[0])  # its start and fixture placement
     fake_env = type(
         "E",
         (),
@@ -513,6 +562,7 @@ def test_plan_only_measures_the_expert_without_writing(tmp_path, capsys):
                 "--episodes-per-task",
                 "1",
                 "--plan-only",
+                "--official-init-states",
                 "--json",
                 str(out),
             ]

@@ -373,6 +373,51 @@ def test_two_workers_and_two_ranks_equal_one_worker(probe, reference, tmp_path, 
 
 
 @pytest.mark.libero
+def test_fixture_placement_is_seeded_per_episode(probe, tmp_path):
+    """libero_goal re-places its fixtures (cabinet, stove) from the global numpy RNG at every reset. The same
+    episode run alone, after another episode, and on two workers starts identically and takes the same actions;
+    another evaluation seed places the fixtures elsewhere."""
+    goal = dict(suites="goal", tasks="1", max_steps=3)
+    alone = read(evaluate(EvalConfig(str(probe), str(tmp_path / "alone"), init_states="1", **goal)))
+    after = read(evaluate(EvalConfig(str(probe), str(tmp_path / "after"), init_states="0,1", **goal)))
+    two = read(
+        evaluate(
+            EvalConfig(str(probe), str(tmp_path / "two"), init_states="0,1", seeds="7,8", workers=2, **goal)
+        )
+    )
+    pick = lambda recs, i, s: next(r for r in recs if (r["init_state"], r["seed"]) == (i, s))  # noqa: E731
+    ref = pick(alone, 1, 7)
+    for other in (pick(after, 1, 7), pick(two, 1, 7)):
+        assert (other["first_obs_sha256"], other["actions_sha256"]) == (
+            ref["first_obs_sha256"],
+            ref["actions_sha256"],
+        )
+    assert pick(two, 1, 8)["first_obs_sha256"] != ref["first_obs_sha256"]
+
+    from eval_libero.sim import LiberoSim
+
+    sim = LiberoSim("libero_goal", 1, render=False)
+    m = sim.env.sim.model
+    fixtures = [i for i in range(m.nbody) if any(w in m.body_id2name(i) for w in ("cabinet", "stove"))]
+    place = lambda: sim.env.sim.data.body_xpos[fixtures].copy()  # noqa: E731
+    sim.reset(1, seed=123)
+    a = place()
+    sim.reset(0, seed=5)
+    sim.reset(1, seed=123)
+    b = place()
+    sim.reset(1, seed=124)
+    c = place()
+    sim.close()
+    assert fixtures and np.array_equal(a, b) and np.abs(a - c).max() > 1e-3
+
+
+def test_resume_refuses_another_checkpoint(probe, reference, tmp_path):
+    other = save_probe(tmp_path / "other")  # same config, other weights -> another checkpoint hash
+    with pytest.raises(EvalError, match=r"different evaluation .*checkpoint: recorded=\w{12}, now=\w{12}"):
+        evaluate(ecfg(other, reference[0], init_states="0,1", video_every=2))
+
+
+@pytest.mark.libero
 def test_kill_and_resume_loses_nothing(probe, reference, tmp_path):
     out = tmp_path / "run"
     code = "import sys; sys.path[:0] = ['tests', '.']; import test_eval; from r1vla.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -16,6 +16,7 @@ root, patched = sys.argv[1], sys.argv[2] == "1"
 if patched:
     from r1vla import fastdata
     fastdata.install()
+    assert LeRobotDataset._query_hf_dataset is fastdata._query, "fastdata.install() did not patch LeRobot"
 out = {}
 for eps in (None, [1]):
     ds = LeRobotDataset("local/libero_like", root=root, episodes=eps,
@@ -23,6 +24,8 @@ for eps in (None, [1]):
     for i in (0, 5, len(ds) - 1):  # the last frame: action chunk padded past the episode's end
         item = ds[i]
         out[f"{eps}/{i}"] = {k: v for k, v in item.items() if torch.is_tensor(v)}
+    # the patched path really served the low-dim chunks: both columns are cached, the images are not
+    out[f"{eps}/cached"] = sorted(ds.__dict__.get("_r1vla_columns", {}))
 torch.save(out, sys.argv[3])
 """
 
@@ -37,6 +40,9 @@ def test_patched_queries_equal_lerobot(tmp_path):
 
         runs[patched] = torch.load(dump)
     assert runs["0"].keys() == runs["1"].keys()
+    for eps in ("None", "[1]"):
+        assert runs["0"].pop(f"{eps}/cached") == []  # unpatched: LeRobot's own path
+        assert runs["1"].pop(f"{eps}/cached") == ["action", "observation.state"]
     for key, ref in runs["0"].items():
         new = runs["1"][key]
         assert ref.keys() == new.keys(), key

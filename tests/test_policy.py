@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,9 +29,9 @@ FEATURES_IN = {
     "observation.state": PolicyFeature(FeatureType.STATE, (8,)),
 }
 FEATURES_OUT = {"action": PolicyFeature(FeatureType.ACTION, (7,))}
-STATS = {
-    "observation.state": {"min": torch.full((8,), -1.0), "max": torch.ones(8)},
-    "action": {"min": -torch.ones(7), "max": torch.ones(7)},
+STATS = {  # non-identity min-max stats: a normalised value never equals its raw value by accident
+    "observation.state": {"min": torch.zeros(8), "max": torch.full((8,), 10.0)},
+    "action": {"min": torch.zeros(7), "max": torch.full((7,), 10.0)},
 }
 SMALL = {  # CPU-sized heads; the tiny backbone comes from the adapters' offline checkpoint
     "flow": dict(head_hidden=32, head_layers=2, head_heads=2, vl_self_attn_layers=1, num_future_tokens=4),
@@ -55,8 +57,8 @@ def make_batch(cfg: R1VLAConfig, b: int = 3, seed: int = 0) -> dict:
     return {
         "observation.images.image": torch.rand(b, 3, 64, 64, generator=g),
         "observation.images.image2": torch.rand(b, 3, 64, 64, generator=g),
-        "observation.state": torch.rand(b, 8, generator=g) * 2 - 1,
-        "action": torch.rand(b, h, 7, generator=g) * 2 - 1,
+        "observation.state": torch.rand(b, 8, generator=g) * 10,  # dataset units, inside [min, max]
+        "action": torch.rand(b, h, 7, generator=g) * 10,
         "action_is_pad": torch.zeros(b, h, dtype=torch.bool),
         "task": [f"put object {i} in the basket" for i in range(b)],
     }
@@ -89,14 +91,25 @@ def test_forward_select_action_and_queue(head):
     assert len(calls) == 8 // cfg.n_action_steps  # the backbone runs once per n_action_steps env steps
 
 
-def test_prompt_style_robot_r1_sees_raw_state():
+def test_normalisation_round_trip_and_prompt_sees_each_samples_raw_state():
+    """min 0 / max 10 stats, a batch of 2 with different states: each prompt shows its own raw eef position, the
+    model receives min-max normalised state, and the postprocessor returns actions in dataset units."""
     cfg = make_config(prompt_style="robot_r1")
-    pre, _ = make_r1vla_pre_post_processors(cfg, STATS)
-    batch = make_batch(cfg, b=1)
-    batch["observation.state"][0, :3] = torch.tensor([0.25, -0.5, 0.75])
-    prompt = pre(batch)["prompt"][0]
-    assert "Franka Robot Assistant" in prompt and "put object 0 in the basket" in prompt
-    assert "0.25" in prompt and "-0.5" in prompt and "0.75" in prompt  # metres, before normalisation
+    pre, post = make_r1vla_pre_post_processors(cfg, STATS)
+    batch = make_batch(cfg, b=2)
+    batch["observation.state"][0, :3] = torch.tensor([2.5, 5.0, 7.5])
+    batch["observation.state"][1, :3] = torch.tensor([1.25, 8.0, 0.5])
+    raw_state = batch["observation.state"].clone()
+    out = pre(batch)
+    assert "[2.500, 5.000, 7.500]" in out["prompt"][0] and "put object 0 in the basket" in out["prompt"][0]
+    assert "[1.250, 8.000, 0.500]" in out["prompt"][1] and "put object 1 in the basket" in out["prompt"][1]
+    torch.testing.assert_close(out["observation.state"], raw_state / 10 * 2 - 1)  # what the model receives
+    torch.testing.assert_close(out["action"], batch["action"] / 10 * 2 - 1)
+    normalised = torch.tensor([[-1.0, -0.5, 0.0, 0.5, 1.0, 0.2, -0.2]] * 2)
+    torch.testing.assert_close(post(normalised), (normalised + 1) / 2 * 10)  # dataset units again
+    policy = R1VLAPolicy(cfg).eval()
+    chunk = policy.predict_action_chunk(out)  # (2, H, 7) normalised
+    torch.testing.assert_close(post(chunk[:, 0]), (chunk[:, 0] + 1) / 2 * 10)
 
 
 @pytest.mark.parametrize("head,mode", [("flow", "frozen"), ("l1", "lora"), ("flow", "full")])
@@ -132,7 +145,8 @@ def test_reload_needs_the_backbone_folder(tmp_path, tiny_backbone_dir):
     folder = tmp_path / "my_backbone"
     shutil.copytree(tiny_backbone_dir, folder)
     cfg = make_config(backbone="sft", backbone_path=str(folder))
-    R1VLAPolicy(cfg).save_pretrained(tmp_path / "ckpt")
+    original = R1VLAPolicy(cfg).eval()
+    original.save_pretrained(tmp_path / "ckpt")
     shutil.rmtree(folder)
     with pytest.raises(Exception, match="my_backbone"):
         R1VLAPolicy.from_pretrained(tmp_path / "ckpt")
@@ -141,7 +155,12 @@ def test_reload_needs_the_backbone_folder(tmp_path, tiny_backbone_dir):
 
     loaded_cfg = PreTrainedConfig.from_pretrained(tmp_path / "ckpt")
     loaded_cfg.backbone_path = str(tmp_path / "moved")  # the user says where it is now
-    assert R1VLAPolicy.from_pretrained(tmp_path / "ckpt", config=loaded_cfg).config.backbone == "sft"
+    reloaded = R1VLAPolicy.from_pretrained(tmp_path / "ckpt", config=loaded_cfg).eval()
+    batch = make_r1vla_pre_post_processors(cfg, STATS)[0](make_batch(cfg))
+    torch.manual_seed(3)
+    want = original.predict_action_chunk(batch)
+    torch.manual_seed(3)
+    torch.testing.assert_close(reloaded.predict_action_chunk(batch), want, rtol=0, atol=1e-6)
 
 
 def test_non_finite_actions_raise():
@@ -214,8 +233,51 @@ def _train(
     return proc
 
 
-@pytest.mark.parametrize("head,mode", [(h, m) for h in ("flow", "l1") for m in ("frozen", "lora", "full")])
+@pytest.mark.parametrize("mode", ["frozen", "lora", "full"])
+def test_each_backbone_mode_trains_exactly_its_weights(mode):
+    """Two optimiser steps with the policy's own optimiser preset: frozen moves none of the backbone, lora only its
+    adapters (all of them), full all of it; the head moves in every mode; the loss is finite."""
+    cfg = make_config("l1", backbone_mode=mode, lora_r=4)
+    policy = R1VLAPolicy(cfg).train()
+    pre, _ = make_r1vla_pre_post_processors(cfg, STATS)
+    opt = cfg.get_optimizer_preset().build(policy.get_optim_params())
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    for step in range(2):  # two: LoRA's A only gets a gradient once B has left zero
+        loss, _ = policy.forward(pre(make_batch(cfg, seed=step)))
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    backbone = {n for n in before if n.startswith("model.backbone.")}
+    lora = {n for n in backbone if ".lora_" in n}
+    assert set(before) - backbone <= moved  # the whole head
+    expected = {"frozen": set(), "lora": lora, "full": backbone}[mode]
+    assert moved & backbone == expected and (mode != "lora" or len(lora) == 28)
+
+
+@pytest.fixture(scope="module")
+def trained_l1(tmp_path_factory, libero_like) -> Path:
+    """`r1vla train` (frozen tiny backbone, l1 head, 2 steps): the checkpoint the LeRobot-tool tests load."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    _train(out, libero_like, "--policy.head=l1", *CLI_SMALL["l1"])
+    return out
+
+
+def _scalars(run: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= set(acc.Tags()["scalars"])
+    return [e.value for e in acc.Scalars(tag)]
+
+
+@pytest.mark.parametrize("head,mode", [("flow", "frozen"), ("l1", "lora"), ("flow", "full")])
 def test_r1vla_train_each_head_and_mode(tmp_path, libero_like, head, mode):
+    """Through lerobot-train: finite logged losses; the checkpoint holds exactly the trained backbone weights,
+    changed from the backbone they started from."""
     out = tmp_path / "run"
     _train(
         out,
@@ -225,17 +287,29 @@ def test_r1vla_train_each_head_and_mode(tmp_path, libero_like, head, mode):
         "--policy.lora_r=4",
         *CLI_SMALL[head],
     )
-    ckpt = out / "checkpoints" / "last" / "pretrained_model"
-    assert json.loads((ckpt / "config.json").read_text())["backbone_mode"] == mode
-    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert events
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    losses = _scalars(out, "train/loss")
+    assert len(losses) == 2 and all(map(math.isfinite, losses))
+    saved = load_file(out / "checkpoints/last/pretrained_model/model.safetensors")
+    backbone = {
+        k.removeprefix("model.backbone.model."): v
+        for k, v in saved.items()
+        if k.startswith("model.backbone.")
+    }
+    if mode == "frozen":
+        assert backbone == {}
+    elif mode == "lora":
+        assert backbone and all(".lora_" in k for k in backbone)
+        assert any(v.abs().sum() > 0 for k, v in backbone.items() if "lora_B" in k)  # B starts at zero
+    else:
+        from adapters import ensure_tiny_checkpoint
+        from adapters.qwen2_5_vl import CHECKPOINT_KEY_MAPPING
 
-    acc = EventAccumulator(str(events[0]))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= tags
-    assert len(acc.Scalars("train/loss")) == 2
+        start = load_file(ensure_tiny_checkpoint() / "model.safetensors")
+        for pattern, repl in CHECKPOINT_KEY_MAPPING.items():
+            start = {re.sub(pattern, repl, k): v for k, v in start.items()}
+        assert set(backbone) <= set(start) and len(backbone) > 50
+        changed = [k for k, v in backbone.items() if not torch.equal(v, start[k])]
+        assert len(changed) == len(backbone), sorted(set(backbone) - set(changed))[:5]
 
 
 def test_bare_lerobot_train_finds_plugin_and_rename_map(tmp_path):
@@ -245,12 +319,11 @@ def test_bare_lerobot_train_finds_plugin_and_rename_map(tmp_path):
     assert (tmp_path / "run/checkpoints/last/pretrained_model/model.safetensors").exists()
 
 
-def test_lerobot_eval_processor_overrides_accepted(tmp_path, libero_like):
+def test_lerobot_eval_processor_overrides_accepted(trained_l1):
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import make_pre_post_processors
 
-    _train(tmp_path / "run", libero_like, "--policy.head=l1", *CLI_SMALL["l1"])
-    ckpt = tmp_path / "run/checkpoints/last/pretrained_model"
+    ckpt = trained_l1 / "checkpoints/last/pretrained_model"
     cfg = PreTrainedConfig.from_pretrained(ckpt)
     pre, post = make_pre_post_processors(  # exactly what lerobot-eval 0.4.4 passes
         policy_cfg=cfg,
@@ -299,3 +372,17 @@ def test_two_cpu_ranks_train(tmp_path, libero_like):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 x 2 = 4" in proc.stdout + proc.stderr  # lerobot-train's effective batch across the two ranks
     assert (out / "checkpoints/last/pretrained_model/model.safetensors").exists()
+
+
+@pytest.mark.libero
+def test_bare_lerobot_eval_runs_an_r1vla_checkpoint(tmp_path, trained_l1):
+    """A user's first command: bare `lerobot-eval --env.type=libero` on an r1vla checkpoint (CI-sized episode)."""
+    ckpt = trained_l1 / "checkpoints/last/pretrained_model"
+    flags = "--env.type=libero --env.task=libero_object --env.task_ids=[0] --env.episode_length=4 "
+    flags += f"--eval.n_episodes=1 --eval.batch_size=1 --policy.path={ckpt} --output_dir={tmp_path / 'le'}"
+    res = subprocess.run(
+        [str(REPO / ".venv/bin/lerobot-eval"), *flags.split()], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    info = json.loads((tmp_path / "le" / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 1 and info["overall"]["pc_success"] == 0.0

@@ -1,0 +1,274 @@
+"""Rendering of the `r1vla compare` report dict (eval_libero/compare.py): report.md, per_suite.png and
+per_perturbation.png. Reads only the dict; computes nothing statistical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval_libero.suites import SUITES
+
+TITLE = {s.name: s.title for s in SUITES.values()}
+
+
+def _t(cell: str) -> str:
+    """'libero_goal' -> 'Goal'; 'libero_goal/lan' -> 'Goal/lan'."""
+    s, _, p = cell.partition("/")
+    return TITLE.get(s, s) + (f"/{p}" if p else "")
+
+
+def _pp(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or ci[0] is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _rate(b: dict | None) -> str:
+    if not b or not b.get("n_episodes"):
+        return "–"
+    seeds = f", {b['n_seeds']} seeds" if b.get("n_seeds", 1) > 1 else ""
+    return f"{_pp(b['success_rate'])}{_ci(b['ci95'])} (n={b['n_episodes']}{seeds})"
+
+
+def _delta(x, ci) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}{_ci(ci)}"
+
+
+def _p(p) -> str:
+    return "–" if p is None else f"{p:.3g}"
+
+
+def render_markdown(rep: dict) -> str:
+    runs, base, alpha = rep["runs"], rep["baseline"], rep["alpha"]
+    suites = _suites(rep)
+    lines = [
+        "# LIBERO transfer report",
+        "",
+        f"Baseline: **{base}**. α = {alpha:g}. Bootstrap: B = {rep['n_bootstrap']} resamples, RNG seed "
+        f"{rep['bootstrap_seed']} (`--bootstrap`, `--bootstrap-seed`). Rates and differences in %.",
+        "",
+        "- **Success** with a 95% CI: one replicate (training seed) per arm: Wilson; several: the mean of the "
+        "replicates' rates, CI from a two-stage cluster bootstrap (training seeds, then (task, init state) "
+        "clusters within the suite). **Average** = mean of the suite rates; CI: MOVER on the suites' Wilson limits "
+        "(one replicate) or the suite-stratified bootstrap (several), so it contains the average for any suite sizes.",
+        "- **Δ vs the baseline** on the episodes both share (suite, task, init state, seed) within each pair of "
+        "replicates with the same training seed; 95% CI: paired two-stage cluster bootstrap, percentile. "
+        "p: exact McNemar with one replicate pair; with more, the bootstrap p (it accounts for training-seed "
+        "variance). p (Holm): across the standard suites of one comparison; the **Average is not in the Holm "
+        "family** (its p is always the bootstrap's).",
+        "- **Verdicts** with one or two training seeds are about the checkpoints; a verdict about the backbones "
+        f"needs ≥ 3 paired training seeds, a Δ CI that excludes 0 and p (Holm) < {alpha:g}.",
+        "- Episodes that failed for a fault (not the step cap: policy error, worker death, simulator error) count "
+        "as failures; they are counted per run below.",
+        "",
+    ]
+    if rep["protocol_differences"]:
+        lines += ["**Warning: protocols differ** (compared anyway):", ""]
+        lines += [f"- {d}" for d in rep["protocol_differences"]] + [""]
+    if rep["warnings"]:
+        lines += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in rep["warnings"]] + [""]
+    lines += ["## Runs", "", "| arm | folder | checkpoint | train seed | episodes | faults |", "|---|---|---|---|---|---|"]
+    for n, r in runs.items():
+        for x in r["replicates"]:
+            f = x["faults"]["n"]
+            faults = f"**{f} ⚠** ({', '.join(f'{k}: {v}' for k, v in x['faults']['reasons'].items())})" if f else "0"
+            shards = " (unmerged shards ⚠)" if x["unmerged_shards"] else ""
+            lines.append(
+                f"| {n} | {x['dir']}{shards} | {x['checkpoint']} | {x['train_seed']} | {x['n_episodes']} | {faults} |"
+            )
+    lines += ["", "## Success per suite", "", "| arm | " + " | ".join(map(_t, suites)) + " | Average |"]
+    lines.append("|---" * (len(suites) + 2) + "|")
+    for n, r in runs.items():
+        lines.append(f"| {n} | " + " | ".join(_rate(r["suites"].get(s)) for s in suites) + f" | {_rate(r['average'])} |")
+    for n, r in runs.items():
+        if "paired" in r:
+            lines += _comparison(n, base, r)
+    if rep["ood"]:
+        lines += _ood(rep)
+    lines += _tasks(runs, suites)
+    lines += ["", "## Verdicts", ""]
+    for n, r in runs.items():
+        if "paired" in r:
+            cells = "; ".join(f"{_t(s) if s != 'average' else 'Average'}: {t['verdict']}" for s, t in r["paired"].items())
+            lines.append(f"- **{n}** vs {base}: {cells}")
+            ood = [(c, x["vs_baseline"]) for c, x in rep["ood"].get(n, {}).items() if "vs_baseline" in x]
+            if ood:
+                lines.append("  - drop under perturbation: " + "; ".join(f"{_t(c)}: {v['verdict']}" for c, v in ood))
+    return "\n".join(lines) + "\n"
+
+
+def _suites(rep: dict) -> list[str]:
+    names = {s for r in rep["runs"].values() for s in r["suites"]}
+    order = list(SUITES)
+    return sorted(names, key=lambda s: (order.index(s) if s in order else len(order), s))
+
+
+def _comparison(n: str, base: str, r: dict) -> list[str]:
+    pairs = ", ".join(f"{p['train_seed']}/{p['baseline_train_seed']}" for p in r["pairing"]["pairs"])
+    lines = ["", f"## {n} vs {base}", "", f"Replicate pairs (train seed {n}/{base}): {pairs or 'none'}."]
+    lines += [f"**Pairing:** {note}." for note in r["pairing"]["notes"]]
+    lines += [
+        "",
+        "| suite | seeds | shared episodes | Δ (pp) [95% CI] | p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s, t in r["paired"].items():
+        name = "Average" if s == "average" else _t(s)
+        holm = "not in family" if s == "average" else _p(t["p_holm"])
+        p = f"{_p(t['p_value'])} ({t['p_method']})" if t["p_value"] is not None else "–"
+        lines.append(
+            f"| {name} | {t['n_seeds']} | {t['n_episodes']} | {_delta(t['delta'], t['delta_ci95'])} | {p} | {holm} "
+            f"| {t['verdict']} |"
+        )
+    lines += [
+        "",
+        "Exact McNemar per training seed (Average row: pooled over its suites, for information):",
+        "",
+        "| suite | train seed | shared | run-only / base-only success | p |",
+        "|---|---|---|---|---|",
+    ]
+    for s, t in r["paired"].items():
+        for m in t["mcnemar_per_seed"]:
+            lines.append(
+                f"| {'Average' if s == 'average' else _t(s)} | {m['train_seed']}/{m['baseline_train_seed']} "
+                f"| {m['n_shared']} | {m['run_only_success']} / {m['baseline_only_success']} | {_p(m['p_value'])} |"
+            )
+    return lines
+
+
+def _ood(rep: dict) -> list[str]:
+    ood, base = rep["ood"], rep["baseline"]
+    cells = list(dict.fromkeys(c for a in ood.values() for c in a))
+    lines = [
+        "",
+        "## Out of distribution (LIBERO-PRO perturbations)",
+        "",
+        "Drop = standard-suite success − perturbed success, paired on (task, init state, seed) within a replicate; "
+        "95% CI: two-stage cluster bootstrap.",
+        "",
+        "| suite/perturbation | " + " | ".join(f"{a} success | {a} drop" for a in ood) + " |",
+        "|---" * (2 * len(ood) + 1) + "|",
+    ]
+    for c in cells:
+        row = []
+        for a in ood.values():
+            x = a.get(c)
+            row += ["–", "–"] if not x else [
+                f"{_pp(x['success'])}{_ci(x['success_ci95'])} (n={x['n_episodes']})",
+                _delta(x["drop"], x["drop_ci95"]),
+            ]  # fmt: skip
+        lines.append(f"| {_t(c)} | " + " | ".join(row) + " |")
+    for n, a in ood.items():
+        vs = {c: x["vs_baseline"] for c, x in a.items() if "vs_baseline" in x}
+        if n == base or not (vs or n in rep["ood_left_out"]):
+            continue
+        lines += [
+            "",
+            f"### {n} vs {base}: difference of drops",
+            "",
+            f"Δ drop = drop({n}) − drop({base}); negative: {n} loses less. p: two-sided bootstrap p even with one "
+            "replicate pair (McNemar does not apply to a difference of two paired differences); p (Holm): across "
+            "the suite/perturbation cells of this comparison.",
+            "",
+            "| suite/perturbation | seeds | episodes | Δ drop (pp) [95% CI] | p | p (Holm) | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c, v in vs.items():
+            lines.append(
+                f"| {_t(c)} | {v['n_seeds']} | {v['n_episodes']} | {_delta(v['delta_drop'], v['delta_drop_ci95'])} "
+                f"| {_p(v['p_value'])} | {_p(v['p_holm'])} | {v['verdict']} |"
+            )
+        if lo := rep["ood_left_out"].get(n):
+            lines += ["", f"Left out (not run by both): only {n}: {', '.join(map(_t, lo['only_in_arm'])) or 'none'}; "
+                      f"only {base}: {', '.join(map(_t, lo['only_in_baseline'])) or 'none'}."]  # fmt: skip
+    return lines
+
+
+def _tasks(runs: dict, suites: list[str]) -> list[str]:
+    rank = {s: i for i, s in enumerate(suites)}
+    tasks = sorted(
+        {t for r in runs.values() for t in r["tasks"]},
+        key=lambda k: (rank.get(k.split("/")[0], len(rank)), int(k.split("/")[1])),
+    )
+    lines = ["", "## Per task (success %, pooled over replicates)", "", "| suite/task | " + " | ".join(runs) + " |"]
+    lines.append("|---" * (len(runs) + 1) + "|")
+    for t in tasks:
+        cells = [
+            f"{100 * b['success_rate']:.0f} ({b['successes']}/{b['n']})" if (b := r["tasks"].get(t)) else "–"
+            for r in runs.values()
+        ]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[dict | None]], key: str = "success_rate") -> None:
+    import numpy as np
+
+    width = 0.8 / max(1, len(series))
+    for i, (n, blocks) in enumerate(series.items()):
+        ok = [b is not None and b.get(key) is not None for b in blocks]
+        y = np.array([100 * b[key] if o else np.nan for b, o in zip(blocks, ok, strict=True)])
+        ci = [b.get("ci95") or b.get("success_ci95") if o else None for b, o in zip(blocks, ok, strict=True)]
+        lo = np.array([100 * c[0] if c and c[0] is not None else np.nan for c in ci])
+        hi = np.array([100 * c[1] if c and c[1] is not None else np.nan for c in ci])
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        err = [np.nan_to_num(np.clip(y - lo, 0, None)), np.nan_to_num(np.clip(hi - y, 0, None))]
+        ax.bar(x, y, width, label=n, yerr=err, capsize=3)
+    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    ax.set_ylabel("success (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+
+
+def _figure(ncols: int, width: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, 3.8), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def plot_suites(rep: dict, path: Path) -> None:
+    """Left: success per suite and arm with 95% CIs. Right: Δ vs the baseline per suite with its CI."""
+    import numpy as np
+
+    runs = rep["runs"]
+    groups = _suites(rep) + ["average"]
+    names = [_t(g) if g != "average" else "Average" for g in groups]
+    others = [n for n, r in runs.items() if "paired" in r]
+    plt, fig, (ax, *rest) = _figure(2 if others else 1, 2 + 1.3 * len(groups) * max(1, len(runs) / 2) * (2 if others else 1))
+    series = {n: [r["suites"].get(g) if g != "average" else r["average"] for g in groups] for n, r in runs.items()}
+    _bars(ax, names, series)
+    ax.set_title(f"LIBERO success, 95% CI (baseline: {rep['baseline']})", fontsize=9)
+    if others:
+        dx = rest[0]
+        for i, n in enumerate(others):
+            t = [runs[n]["paired"].get(g, {}) for g in groups]
+            y = np.array([100 * x["delta"] if x.get("delta") is not None else np.nan for x in t])
+            lo = np.array([100 * x["delta_ci95"][0] if x.get("delta") is not None else np.nan for x in t])
+            hi = np.array([100 * x["delta_ci95"][1] if x.get("delta") is not None else np.nan for x in t])
+            x = np.arange(len(groups)) + (i - (len(others) - 1) / 2) * 0.15
+            dx.errorbar(x, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="o", capsize=3, label=n)
+        dx.axhline(0, color="k", lw=0.8)
+        dx.set_xticks(np.arange(len(groups)), names, fontsize=8)
+        dx.set_ylabel(f"Δ vs {rep['baseline']} (pp)")
+        dx.set_title("paired Δ, 95% bootstrap CI", fontsize=9)
+        dx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_perturbations(rep: dict, path: Path) -> None:
+    """Success per suite/perturbation and arm with 95% CIs."""
+    ood = rep["ood"]
+    cells = list(dict.fromkeys(c for a in ood.values() for c in a))
+    plt, fig, (ax,) = _figure(1, 2 + 1.3 * len(cells) * max(1, len(ood) / 2))
+    _bars(ax, [_t(c) for c in cells], {n: [a.get(c) for c in cells] for n, a in ood.items()}, key="success")
+    ax.set_title("LIBERO-PRO success per perturbation, 95% CI", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
