@@ -121,9 +121,19 @@ def _apply_mode(model: Qwen2_5_VLModel, cfg: BackboneConfig) -> Qwen2_5_VLModel:
 class QwenVLBackbone(nn.Module):
     """Qwen2.5-VL features for `(images, texts, query_embeds)`; see the module docstring and forward."""
 
-    def __init__(self, cfg: BackboneConfig, preset: Preset, model: Qwen2_5_VLModel, processor: object):
+    def __init__(
+        self,
+        cfg: BackboneConfig,
+        preset: Preset,
+        model: Qwen2_5_VLModel,
+        processor: object,
+        fingerprint: dict | None = None,
+    ):
         super().__init__()
         self.config = cfg
+        self.fingerprint = (
+            fingerprint  # adapters.fingerprint of the folder it came from (None: built in memory)
+        )
         self.preset = preset
         self.model = _apply_mode(model, cfg)
         self.processor = processor  # Qwen2_5_VLProcessor (fast image processor), not a module
@@ -282,4 +292,6 @@ def build_backbone(cfg: BackboneConfig) -> QwenVLBackbone:
 
         path = str(ensure_tiny_checkpoint(path))
     model, processor = load_qwen2_5_vl(path, cfg)
-    return QwenVLBackbone(cfg, preset, model, processor)
+    from adapters.fingerprint import fingerprint
+
+    return QwenVLBackbone(cfg, preset, model, processor, fingerprint(path))

@@ -1,12 +1,18 @@
-"""Throughput of the LIBERO eval harness vs raw LIBERO, with a trivial constant policy. Prints ratios; asserts nothing.
+"""LIBERO evaluation speed, measured in one run on one checkpoint, task and set of init states. Asserts nothing.
 
-    .venv/bin/python bench/bench_eval.py [--steps 40] [--episodes 2] [--chunk 8] [--workers 2] [--rounds 2]
+    .venv/bin/python bench/bench_eval.py [--steps 120] [--episodes 4] [--chunk 8] [--workers 2]
 
-raw       : one process steps one LiberoSim (same episodes: reset + S steps each, constant action).
-harness   : eval_libero.rollout.run_episodes (worker processes, pipes, LeRobot's observation pipeline, the policy
-            runner) with W workers, each running E episodes of S steps. Timed from the moment every worker has
-            delivered its first observation (worker start-up and env creation excluded, as for raw) to the end.
-Goals: harness(1 worker) / raw >= 0.9; harness(W workers) / harness(1 worker) >= 0.9 * W cores permitting.
+(a) lerobot-eval  bare `lerobot-eval --env.type=libero` (renders both cameras every step, one policy call per
+                  n_action_steps, stepping and inference alternate); its own per-episode timing (`eval_ep_s`).
+(b) harness       eval_libero (r1vla eval's engine) at 1 and W workers: chunks dispatched to workers, cameras
+                  rendered only on the steps whose observation the policy reads, inference overlapped with stepping.
+                  Timed from the moment every worker delivered its first observation to the end (process start-up
+                  and env creation excluded, as in lerobot-eval's own timing).
+(c) raw LIBERO    one LiberoSim rendering both cameras every step with a constant action, and physics only
+                  (steps only, resets excluded: the simulator's ceiling).
+The policy: a stock LeRobot ACT with random weights, `chunk_size = n_action_steps = --chunk` (an 8-step chunk
+policy); episodes never succeed, so each runs --steps steps. Prints episodes/hour, env steps/s and the ratios; the
+last line is `eval speed: harness/lerobot-eval X.XX, 2 workers/1 worker Y.YY`.
 """
 
 from __future__ import annotations
@@ -14,76 +20,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 SUITE, TASK = "libero_object", 0
 ACTION = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
 
 
-def raw_steps_per_s(episodes: int, steps: int) -> float:
-    from eval_libero.sim import LiberoSim
-
-    sim = LiberoSim(SUITE, TASK)
-    sim.reset(0)
-    t0 = time.perf_counter()
-    for e in range(episodes):
-        if e:
-            sim.reset(e)
-        for _ in range(steps):
-            sim.step(ACTION)
-    dt = time.perf_counter() - t0
-    sim.close()
-    return episodes * steps / dt
-
-
-def constant_runner(chunk: int):
-    """A LeRobot policy that always returns the no-motion action, behind the real PolicyRunner and processors."""
+def save_act(path: Path, chunk: int) -> Path:
+    """A random ACT (stock LeRobot policy) with its processors: a LeRobot pretrained_model folder."""
     import torch
     from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.envs.configs import LiberoEnv as LiberoEnvConfig
-    from lerobot.envs.factory import make_env_pre_post_processors
     from lerobot.policies.act.configuration_act import ACTConfig
-    from lerobot.policies.pretrained import PreTrainedPolicy
-    from lerobot.processor import AddBatchDimensionProcessorStep, DeviceProcessorStep, PolicyProcessorPipeline
-    from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
-
-    from eval_libero.rollout import PolicyRunner
-
-    class ConstantPolicy(PreTrainedPolicy):
-        config_class, name = ACTConfig, "bench_constant"
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-        def get_optim_params(self):
-            return self.parameters()
-
-        def reset(self):
-            pass
-
-        def predict_action_chunk(self, batch, **kwargs):
-            b = batch["observation.state"].shape[0]
-            return torch.tensor(ACTION).repeat(b, self.config.chunk_size, 1)
-
-        def select_action(self, batch, **kwargs):
-            return self.predict_action_chunk(batch)[:, 0]
-
-        def forward(self, batch, reduction="mean"):
-            raise NotImplementedError
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.act.processor_act import make_act_pre_post_processors
 
     img = PolicyFeature(type=FeatureType.VISUAL, shape=(3, 256, 256))
     cfg = ACTConfig(
         device="cpu",
+        use_vae=False,
         chunk_size=chunk,
         n_action_steps=chunk,
         pretrained_backbone_weights=None,
+        dim_model=64,
+        n_heads=2,
+        dim_feedforward=128,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
         input_features={
             "observation.images.image": img,
             "observation.images.image2": img,
@@ -91,22 +61,43 @@ def constant_runner(chunk: int):
         },
         output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(7,))},
     )
-    pre = PolicyProcessorPipeline(steps=[AddBatchDimensionProcessorStep(), DeviceProcessorStep(device="cpu")])
-    post = PolicyProcessorPipeline(
-        steps=[DeviceProcessorStep(device="cpu")],
-        to_transition=policy_action_to_transition,
-        to_output=transition_to_policy_action,
+    torch.manual_seed(0)
+    ACTPolicy(cfg).save_pretrained(path)
+    for pipeline in make_act_pre_post_processors(cfg, dataset_stats=None):
+        pipeline.save_pretrained(path)
+    return path
+
+
+def lerobot_eval(ckpt: Path, episodes: int, steps: int, out: Path) -> dict:
+    """(a): episodes/h and steps/s from lerobot-eval's own per-episode timing."""
+    code = (
+        "import sys; from eval_libero.lerobot_compat import patch_lerobot_libero; patch_lerobot_libero(); "
+        "from lerobot.scripts.lerobot_eval import main; sys.argv[0] = 'lerobot-eval'; main()"
     )
-    env_pre, env_post = make_env_pre_post_processors(LiberoEnvConfig(task=SUITE), cfg)
-    return PolicyRunner(ConstantPolicy(cfg).eval(), pre, post, env_pre, env_post, "batched")
+    flags = [
+        "--env.type=libero",
+        f"--env.task={SUITE}",
+        f"--env.task_ids=[{TASK}]",
+        f"--env.episode_length={steps}",
+        f"--eval.n_episodes={episodes}",
+        "--eval.batch_size=1",
+        f"--policy.path={ckpt}",
+        f"--output_dir={out}",
+    ]
+    proc = subprocess.run([sys.executable, "-c", code, *flags], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    info = json.loads((out / "eval_info.json").read_text())["overall"]
+    ep_s = info["eval_ep_s"]
+    return {"episodes_per_h": 3600 / ep_s, "steps_per_s": steps / ep_s}
 
 
 class Timed:
-    """Wraps a PolicyRunner; notes when every worker's first episode has produced an observation."""
+    """Wraps a PolicyRunner; opens the timing window once every worker's first episode has an observation."""
 
     def __init__(self, runner, workers: int):
         self.runner, self.workers, self.seen, self.t_start = runner, workers, set(), None
-        self.issued_before = 0  # actions handed out before the window opened (their steps are not counted)
+        self.steps_before = 0  # env steps handed out before the window opened (not counted)
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
@@ -117,67 +108,68 @@ class Timed:
             self.t_start = time.perf_counter()
         out = self.runner.act(rows)
         if self.t_start is None:
-            self.issued_before += sum(len(a) for a in out)
+            self.steps_before += sum(len(a) for a in out if not isinstance(a, str))
         return out
 
 
-def harness_steps_per_s(workers: int, episodes: int, steps: int, chunk: int) -> tuple[float, float]:
-    from eval_libero.rollout import EpisodeSpec, run_episodes
+def harness(ckpt: Path, workers: int, episodes: int, steps: int) -> dict:
+    """(b): this package's evaluation engine with `workers` LIBERO processes."""
+    from eval_libero.checkpoint import load_policy_config, load_runner
+    from eval_libero.scheduler import EpisodeSpec, run_episodes
     from eval_libero.suites import NUM_WAIT_STEPS
 
-    specs = [EpisodeSpec(i, SUITE, TASK, i % 50, 7, i, steps) for i in range(workers * episodes)]
-    timed = Timed(constant_runner(chunk), workers)
-    n = [0]
-    t0 = time.perf_counter()
-    lost = run_episodes(
-        specs, timed, workers, lambda s, r: n.__setitem__(0, n[0] + r["steps"]), NUM_WAIT_STEPS, 256
-    )
-    t1 = time.perf_counter()
-    assert not lost, "simulator errors during the benchmark"
-    return (n[0] - timed.issued_before) / (t1 - timed.t_start), t1 - t0
+    runner = load_runner(ckpt, load_policy_config(ckpt, "cpu"), [SUITE], "auto")
+    specs = [EpisodeSpec(i, SUITE, TASK, i % 50, 7, 1000 + i, steps) for i in range(episodes)]
+    timed = Timed(runner, min(workers, episodes))
+    done = []
+    run_episodes(specs, timed, workers, lambda s, r: done.append(r), NUM_WAIT_STEPS, 256, log=lambda m: None)
+    dt = time.perf_counter() - timed.t_start
+    if any(r["failure"] and not r["failure"].startswith("timeout") for r in done):
+        raise RuntimeError(f"faults during the benchmark: {[r['failure'] for r in done]}")
+    n_steps = sum(r["steps"] for r in done) - timed.steps_before
+    return {"episodes_per_h": 3600 * n_steps / steps / dt, "steps_per_s": n_steps / dt, "mode": runner.mode}
+
+
+def raw(episodes: int, steps: int, render: bool) -> dict:
+    """(c): one LiberoSim stepping a constant action, rendering both cameras every step or none."""
+    from eval_libero.sim import LiberoSim
+
+    sim = LiberoSim(SUITE, TASK, render=render)
+    dt = 0.0
+    for e in range(episodes):
+        sim.reset(e)
+        t0 = time.perf_counter()  # steps only: the simulator's ceiling
+        for _ in range(steps):
+            sim.step(ACTION)
+        dt += time.perf_counter() - t0
+    sim.close()
+    return {"episodes_per_h": 3600 * episodes / dt, "steps_per_s": episodes * steps / dt}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=40, help="env steps per episode")
-    p.add_argument("--episodes", type=int, default=2, help="episodes per worker")
-    p.add_argument("--chunk", type=int, default=8, help="actions per policy call (n_action_steps)")
+    p.add_argument("--steps", type=int, default=120, help="env steps per episode (after the 10 wait steps)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per measurement")
+    p.add_argument("--chunk", type=int, default=8, help="the policy's chunk_size = n_action_steps")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--rounds", type=int, default=2, help="alternate raw/harness measurements; medians are reported"
-    )
     a = p.parse_args()
+    print(f"cores: {os.cpu_count()}  load: {os.getloadavg()[0]:.1f}  {a.episodes} episodes x {a.steps} steps")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_act(Path(tmp) / "act", a.chunk)
+        res = {"lerobot-eval": lerobot_eval(ckpt, a.episodes, a.steps, Path(tmp) / "le")}
+        res["harness, 1 worker"] = harness(ckpt, 1, a.episodes, a.steps)
+        res[f"harness, {a.workers} workers"] = harness(ckpt, a.workers, a.episodes, a.steps)
+    res["raw LIBERO, render every step"] = raw(a.episodes, a.steps, True)
+    res["raw LIBERO, physics only"] = raw(a.episodes, a.steps, False)
+    for name, r in res.items():
+        print(f"{name:<32} {r['episodes_per_h']:8.1f} episodes/h  {r['steps_per_s']:7.1f} env steps/s")
+    h1, hw = res["harness, 1 worker"]["steps_per_s"], res[f"harness, {a.workers} workers"]["steps_per_s"]
+    x = h1 / res["lerobot-eval"]["steps_per_s"]
     print(
-        f"cores: {os.cpu_count()}  load: {os.getloadavg()[0]:.1f}  episodes: {a.episodes}/worker x {a.steps} steps"
+        f"harness(1) / raw LIBERO rendering every step: {h1 / res['raw LIBERO, render every step']['steps_per_s']:.2f}"
     )
-    raw, h1, hw = [], [], []
-    for r in range(a.rounds):  # alternating, so that load from other processes hits all three alike
-        raw.append(raw_steps_per_s(a.episodes, a.steps))
-        h1.append(harness_steps_per_s(1, a.episodes, a.steps, a.chunk)[0])
-        hw.append(harness_steps_per_s(a.workers, a.episodes, a.steps, a.chunk)[0])
-        print(
-            f"round {r}: raw {raw[-1]:.2f}  harness(1) {h1[-1]:.2f}  harness({a.workers}) {hw[-1]:.2f} steps/s  "
-            f"load {os.getloadavg()[0]:.1f}"
-        )
-    ratio = statistics.median(x / y for x, y in zip(h1, raw, strict=True))
-    speedup = statistics.median(x / y for x, y in zip(hw, h1, strict=True))
-    print(f"harness(1) / raw             : {ratio:.2f}   (goal >= 0.9)")
-    print(
-        f"harness({a.workers}) / harness(1)       : {speedup:.2f}   (goal >= {0.9 * a.workers:.1f} given {a.workers} free cores)"
-    )
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "raw_steps_per_s": raw,
-                "harness1_steps_per_s": h1,
-                f"harness{a.workers}_steps_per_s": hw,
-                "ratio_1_vs_raw": ratio,
-                "speedup": speedup,
-                "load_avg": os.getloadavg()[0],
-            }
-        )
-    )
+    print(f"load at the end: {os.getloadavg()[0]:.1f}; policy calls: {res['harness, 1 worker']['mode']}")
+    print(f"eval speed: harness/lerobot-eval {x:.2f}, {a.workers} workers/1 worker {hw / h1:.2f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -126,8 +125,16 @@ def done_marker(run: Path, rank: int, world: int) -> Path:
     return run / f".rank{rank}of{world}.done"
 
 
+def invocation_id() -> str:
+    """What the ranks of one torchrun invocation share (TORCHELASTIC_RUN_ID); '' outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
 def all_ranks_done(run: Path, world: int) -> bool:
-    return all(done_marker(run, r, world).exists() for r in range(world))
+    """Every rank of *this* invocation has written its marker (a marker of an earlier invocation does not count)."""
+    me = invocation_id()
+    paths = [done_marker(run, r, world) for r in range(world)]
+    return all(p.exists() and p.read_text() == me for p in paths)
 
 
 @contextmanager
@@ -164,15 +171,7 @@ def merge_shards(run: Path, log: Callable[[str], None] = print) -> list[dict]:
 # ---- statistics + summary -------------------------------------------------------------------------------------
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (NaNs when n == 0)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / den
-    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half))
+from eval_libero.stats import wilson  # noqa: E402  (the one implementation; re-exported here)
 
 
 def rate_block(successes: list[bool]) -> dict:
@@ -191,14 +190,18 @@ def summarize(records: list[dict]) -> dict:
     by_suite: dict[str, list[bool]] = defaultdict(list)
     by_task: dict[str, dict[int, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_suite[r["suite"]].append(bool(r["success"]))
-        by_task[r["suite"]][int(r["task_id"])].append(bool(r["success"]))
+        p = r.get("perturbation") or "none"
+        name = (
+            r["suite"] if p == "none" else f"{r['suite']}/{p}"
+        )  # a LIBERO-PRO variant is a block of its own
+        by_suite[name].append(bool(r["success"]))
+        by_task[name][int(r["task_id"])].append(bool(r["success"]))
     suites = {}
     for s in sorted(by_suite):
         block = rate_block(by_suite[s])
         block["tasks"] = {str(t): rate_block(v) for t, v in sorted(by_task[s].items())}
         suites[s] = block
-    rates = [b["success_rate"] for b in suites.values()]
+    rates = [b["success_rate"] for n, b in suites.items() if "/" not in n]  # the standard suites
     return {
         "n_episodes": len(records),
         "suites": suites,
@@ -207,12 +210,44 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def is_fault(rec: dict) -> bool:
+    """An episode ended by something other than success or the step cap (policy/simulator/worker fault)."""
+    return bool(rec.get("failure")) and not str(rec["failure"]).startswith("timeout")
+
+
 def write_summary(run: Path, records: list[dict], meta: dict) -> dict:
-    summary = {**meta, **summarize(records)}
-    tmp = run / f".{SUMMARY}.tmp"
+    faults: dict[str, int] = defaultdict(int)
+    for r in records:
+        if is_fault(r):
+            faults[str(r["failure"]).split(":")[0]] += 1
+    summary = {**meta, **summarize(records), "faults": dict(faults)}
+    tmp = run / f".{SUMMARY}.tmp{os.getpid()}"  # one temp file per process: two ranks never share one
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
     os.replace(tmp, run / SUMMARY)
     return summary
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def format_summary(s: dict) -> str:
+    """The lines `r1vla eval` prints: success per suite (and perturbation) with its CI, faults, what is missing."""
+    lines = []
+    for name, b in s["suites"].items():
+        lo, hi = b["ci95"]
+        lines.append(
+            f"{name:<22} {b['successes']:>4}/{b['n']:<4} {100 * b['success_rate']:5.1f}%  "
+            f"95% CI [{100 * lo:.1f}, {100 * hi:.1f}]"
+        )
+    if s.get("faults"):
+        what = ", ".join(f"{n} {k}" for k, n in sorted(s["faults"].items()))
+        lines.append(
+            f"WARNING: {sum(s['faults'].values())} episode(s) ended by a fault ({what}), recorded as failed"
+        )
+    if s.get("missing"):
+        lines.append(f"{s['missing']} planned episode(s) not recorded yet: re-run to complete")
+    return "\n".join(lines)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

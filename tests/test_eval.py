@@ -21,6 +21,7 @@ import lerobot.processor as P
 import numpy as np
 import pytest
 import torch
+from fake_worker import fake_raw, faulty_worker
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.act.configuration_act import ACTConfig
@@ -53,7 +54,7 @@ class EvalProbeConfig(ACTConfig):  # ACT's config supplies the abstract API; the
     n_action_steps: int = 4
     noise: float = 0.0  # > 0: stochastic sampling (torch.randn)
     plan: list = field(default_factory=list)  # non-empty: replay these actions as one chunk
-    bad_output: str = ""  # "nan" | "shape": a broken policy
+    bad_output: str = ""  # "nan" | "shape" | "short" | "raise": a broken policy
     normalization_mapping: dict = field(
         default_factory=lambda: dict.fromkeys(["VISUAL", "STATE", "ACTION"], IDENTITY)
     )
@@ -94,6 +95,10 @@ class EvalProbePolicy(PreTrainedPolicy):
             chunk = chunk * float("nan")
         if c.bad_output == "shape":
             chunk = chunk[..., :5]
+        if c.bad_output == "short":
+            chunk = chunk[:, :2]
+        if c.bad_output == "raise":
+            raise RuntimeError("the policy broke")
         return chunk
 
     @torch.no_grad()
@@ -130,7 +135,7 @@ def save_probe(path: Path, **overrides) -> Path:
     return path
 
 
-def save_act(path: Path) -> Path:
+def save_act(path: Path, **overrides) -> Path:
     """A tiny random ACT (a stock LeRobot policy) with its processors."""
     from lerobot.policies.act.modeling_act import ACTPolicy
     from lerobot.policies.act.processor_act import make_act_pre_post_processors
@@ -139,8 +144,7 @@ def save_act(path: Path) -> Path:
     cfg = ACTConfig(
         device="cpu",
         use_vae=False,
-        chunk_size=4,
-        n_action_steps=4,
+        **{"chunk_size": 4, "n_action_steps": 4, **overrides},
         pretrained_backbone_weights=None,
         **dims,
         **features(),
@@ -179,19 +183,6 @@ def strip(recs: list[dict]) -> list[dict]:
         ({k: v for k, v in r.items() if k not in ("wall_s", "video")} for r in recs),
         key=lambda r: (r["suite"], r["task_id"], r["init_state"], r["seed"]),
     )
-
-
-def fake_raw(seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    sizes = dict(eef_pos=3, eef_quat=4, gripper_qpos=2, gripper_qvel=2, joint_pos=7, joint_vel=7)
-    raw = {f"robot0_{k}": rng.normal(size=n) for k, n in sizes.items()}
-    for k in ("agentview_image", "robot0_eye_in_hand_image"):
-        raw[k] = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    return {
-        **raw,
-        "robot0_eef_quat": raw["robot0_eef_quat"] / np.linalg.norm(raw["robot0_eef_quat"]),
-        "eef_mat": np.eye(3),
-    }
 
 
 def ecfg(ckpt: Path, out: Path, **kwargs) -> EvalConfig:
@@ -259,10 +250,12 @@ def test_out_of_range_input_lists_valid_values(tmp_path, probe, kwargs, message)
 
 
 def test_policy_runner_batching_rng_and_faults(tmp_path):
-    from eval_libero.rollout import Row
+    from eval_libero.runner import Row
 
     rows = [Row(("s", 0, i, 7), fake_raw(i), "do it", 0) for i in range(3)]
     det = make_runner(save_probe(tmp_path / "det"))
+    for r in rows:
+        det.begin(r.key, 0)
     batched = det.act(rows)
     assert det.mode == "batched" and all(a.shape == (4, 7) for a in batched)
     assert np.allclose(det.act(rows[1:2])[0], batched[1], atol=1e-6)
@@ -279,10 +272,43 @@ def test_policy_runner_batching_rng_and_faults(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(seq_t, seq_a, strict=True))
         assert not np.array_equal(seq_t[0], together.act(rows)[1])  # different episodes, different noise
 
-    for fault, message in (("nan", "non-finite action"), ("shape", "action of shape (5,); expected (7,)")):
+    for fault, message in (
+        ("nan", "policy_error: non-finite action"),
+        ("shape", "policy_error: action of shape (5,); expected (7,)"),
+        ("short", "policy_error: a chunk of 2 actions; n_action_steps asks for 4"),
+        ("raise", "policy_error: RuntimeError: the policy broke"),
+    ):
         runner = make_runner(save_probe(tmp_path / fault, bad_output=fault, noise=0.1))
         runner.begin(rows[0].key, 0)
         assert message in runner.act(rows[:1])[0]
+
+
+def test_faults_end_only_their_episode(tmp_path):
+    """A hung worker is killed after the timeout, a dead one replaced, a simulator error recorded; every episode
+    gets a record with its reason and the others run to their end."""
+    from eval_libero.scheduler import EpisodeSpec, run_episodes
+
+    runner = make_runner(save_probe(tmp_path / "det"))
+    specs = [EpisodeSpec(i, "libero_object", 0, i, 7, 100 + i, 8) for i in range(6)]
+    got, logs = {}, []
+    t0 = time.time()
+    run_episodes(
+        specs,
+        runner,
+        2,
+        lambda s, r: got.__setitem__(s.init_state, r),
+        10,
+        256,
+        3.0,
+        worker=faulty_worker,
+        log=logs.append,
+    )
+    assert time.time() - t0 < 60 and sorted(got) == list(range(6))
+    assert got[1]["failure"] == "worker_timeout" and got[2]["failure"] == "worker_died: exit code 3"
+    assert got[3]["failure"] == "sim_error: ValueError: physics exploded" and got[3]["steps"] == 4
+    for i in (0, 4, 5):
+        assert got[i]["failure"] == "timeout: no success in 8 steps" and got[i]["steps"] == 8
+    assert any("worker_timeout in libero_object task 0 init 1" in m for m in logs)
 
 
 # ---- real LIBERO ----------------------------------------------------------------------------------------------
@@ -297,8 +323,8 @@ def test_lerobot_env_and_harness_give_the_policy_identical_inputs(probe):
     from lerobot.envs.utils import preprocess_observation
 
     from eval_libero.lerobot_compat import env_inputs, is_patched, patch_lerobot_libero
-    from eval_libero.rollout import raw_obs_for_lerobot
     from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoSim, frame_from_obs
+    from eval_libero.worker import raw_obs_for_lerobot
 
     patch_lerobot_libero()
     patch_lerobot_libero()  # idempotent
@@ -418,6 +444,42 @@ def test_resume_refuses_another_checkpoint(probe, reference, tmp_path):
 
 
 @pytest.mark.libero
+def test_render_on_demand_is_byte_identical_to_rendering_every_step(probe, reference, tmp_path, monkeypatch):
+    """Cameras render only on the steps whose observation the policy reads: those frames equal every-step
+    rendering byte for byte (same sim state), the other frames are black, and the records are identical."""
+    from eval_libero.sim import CAMERAS, LiberoSim
+
+    every, lazy = LiberoSim("libero_object", 0), LiberoSim("libero_object", 0)
+    acts = np.clip(np.random.default_rng(0).normal(0, 0.5, (24, 7)), -1, 1)
+    acts[:, 6] = -1
+    a, b = every.reset(0, seed=3), lazy.reset(0, seed=3)
+    assert all(np.array_equal(a[c], b[c]) for c in CAMERAS)  # the reset renders the last wait step
+    for t, x in enumerate(acts):
+        a, _ = every.step(x)
+        b, _ = lazy.step(x, render=t % 8 == 7)
+        assert np.array_equal(a["robot0_eef_pos"], b["robot0_eef_pos"])
+        for c in CAMERAS:
+            assert np.array_equal(a[c], b[c]) if t % 8 == 7 else b[c].max() == 0
+    every.close()
+    lazy.close()
+
+    monkeypatch.setenv("R1VLA_RENDER_EVERY_STEP", "1")  # the workers inherit it
+    out = evaluate(ecfg(probe, tmp_path / "every", init_states="0,1", video_every=2))
+    assert strip(read(out)) == strip(reference[1])
+
+
+@pytest.mark.libero
+def test_act_with_temporal_ensembling_is_the_same_at_one_and_two_workers(tmp_path):
+    """select mode: each concurrent episode has its own copy of the policy's per-episode state (ACT's temporal
+    ensembler), so interleaving episodes on two workers changes nothing."""
+    ckpt = save_act(tmp_path / "act", temporal_ensemble_coeff=0.01, n_action_steps=1)
+    one = read(evaluate(ecfg(ckpt, tmp_path / "w1", init_states="0,1", max_steps=4)))
+    two = read(evaluate(ecfg(ckpt, tmp_path / "w2", init_states="0,1", max_steps=4, workers=2)))
+    assert one[0]["policy_calls"] == "select" and strip(one) == strip(two)
+    assert one[0]["actions_sha256"] != one[1]["actions_sha256"]
+
+
+@pytest.mark.libero
 def test_kill_and_resume_loses_nothing(probe, reference, tmp_path):
     out = tmp_path / "run"
     code = "import sys; sys.path[:0] = ['tests', '.']; import test_eval; from r1vla.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -464,32 +526,22 @@ def test_lerobot_plugin_import_applies_the_libero_patch():
 
 
 @pytest.mark.libero
-@pytest.mark.slow
-def test_bare_lerobot_eval_and_r1vla_eval_run_a_stock_act(tmp_path):
-    ckpt = save_act(tmp_path / "act")
-    code = (
-        "import sys; from eval_libero.lerobot_compat import patch_lerobot_libero; patch_lerobot_libero(); "
-        "from lerobot.scripts.lerobot_eval import main; sys.argv[0] = 'lerobot-eval'; main()"
-    )
-    flags = "--env.type=libero --env.task=libero_object --env.task_ids=[0] --env.episode_length=5 "
-    flags += f"--eval.n_episodes=1 --eval.batch_size=1 --policy.path={ckpt} --output_dir={tmp_path / 'le'}"
-    res = subprocess.run(
-        [PY, "-c", code, *flags.split()], cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    info = json.loads((tmp_path / "le" / "eval_info.json").read_text())
-    assert info["overall"]["n_episodes"] == 1
-
-    out = evaluate(ecfg(ckpt, tmp_path / "ours", init_states="0"))
-    (r,) = read(out)
-    assert r["policy_calls"] == "batched" and r["steps"] == 3 and r["label"] == "act"
-
-
-@pytest.mark.libero
 def test_broken_policy_episodes_are_recorded_as_failures(tmp_path):
+    """A NaN-producing checkpoint is evaluated to the end: every episode recorded as failed with its reason, the
+    run exits normally, a re-run adds nothing, and --retry-faults runs them again."""
     ckpt = save_probe(tmp_path / "nan", bad_output="nan")
-    (r,) = read(evaluate(ecfg(ckpt, tmp_path / "run", init_states="0")))
-    assert r["success"] is False and r["steps"] == 0 and r["failure"].startswith("policy: non-finite action")
+    out = evaluate(ecfg(ckpt, tmp_path / "run", init_states="0,1"))
+    recs = read(out)
+    assert [(r["success"], r["steps"]) for r in recs] == [(False, 0), (False, 0)]
+    assert all(r["failure"].startswith("policy_error: non-finite action") for r in recs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["faults"] == {"policy_error": 2} and summary["missing"] == 0
+    logs: list[str] = []
+    evaluate(ecfg(ckpt, tmp_path / "run", init_states="0,1"), logs.append)
+    assert any("2 recorded, 0 to run" in m for m in logs) and read(out) == recs
+    logs.clear()
+    evaluate(ecfg(ckpt, tmp_path / "run", init_states="0,1", retry_faults=True), logs.append)
+    assert any("0 recorded, 2 to run" in m for m in logs) and len(read(out)) == 2
 
 
 @pytest.mark.libero

@@ -163,6 +163,81 @@ def test_reload_needs_the_backbone_folder(tmp_path, tiny_backbone_dir):
     torch.testing.assert_close(reloaded.predict_action_chunk(batch), want, rtol=0, atol=1e-6)
 
 
+def test_backbone_fingerprint_refuses_another_backbone(tmp_path, tiny_backbone_dir, caplog):
+    """The study's only variable is the backbone folder: a checkpoint pointed at another one is refused, naming
+    both; --allow-backbone-mismatch loads it with a warning; a checkpoint made before fingerprints warns."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    from adapters import build_tiny_checkpoint
+
+    other = build_tiny_checkpoint(
+        tmp_path / "tiny-seed1", seed=1
+    )  # same architecture and config, other weights
+    cfg = make_config(backbone="robot_r1", backbone_path=str(tiny_backbone_dir))
+    R1VLAPolicy(cfg).save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "backbone_fingerprint.json").read_text())
+    assert saved["config_sha256"] and saved["weights"] == {
+        "model.safetensors": (tiny_backbone_dir / "model.safetensors").stat().st_size
+    }
+    wrong = PreTrainedConfig.from_pretrained(tmp_path / "ckpt")
+    wrong.backbone_path = str(other)
+    with pytest.raises(
+        ValueError, match=r"(?s)trained on another backbone than .*tiny-seed1.*tensors: trained on"
+    ):
+        R1VLAPolicy.from_pretrained(tmp_path / "ckpt", config=wrong)
+    wrong.allow_backbone_mismatch = True
+    with caplog.at_level("WARNING"):
+        R1VLAPolicy.from_pretrained(tmp_path / "ckpt", config=wrong)
+    assert "(allowed)" in caplog.text
+    (tmp_path / "ckpt" / "backbone_fingerprint.json").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        R1VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert "made before backbone fingerprints" in caplog.text
+
+
+def test_head_init_and_data_order_do_not_depend_on_the_backbone(tiny_backbone_dir, tmp_path):
+    """Under one seed, two backbones (one of them LoRA-injected: its init draws from the RNG) give the same head
+    init and leave the global RNG (lerobot-train's sampler) where they found it."""
+    from adapters import build_tiny_checkpoint
+
+    other = build_tiny_checkpoint(tmp_path / "tiny-seed1", seed=1)
+    hashes, after = [], []
+    for path, mode in ((tiny_backbone_dir, "frozen"), (other, "lora")):
+        torch.manual_seed(42)
+        policy = R1VLAPolicy(
+            make_config("l1", backbone="sft", backbone_path=str(path), backbone_mode=mode, lora_r=4)
+        )
+        hashes.append(policy.run_identity()["head_init_sha256"])
+        after.append(torch.rand(3))
+    assert hashes[0] == hashes[1] and torch.equal(after[0], after[1])
+    torch.manual_seed(43)
+    assert R1VLAPolicy(make_config("l1")).run_identity()["head_init_sha256"] != hashes[0]
+
+
+def test_batched_flow_calls_with_per_episode_generators_equal_per_episode_calls():
+    """The evaluation batches stochastic episodes: row b's noise comes from episode b's generator alone, so one
+    batched call gives what one call per episode gives (up to float reduction order in the batched backbone)."""
+    cfg = make_config("flow")
+    policy = R1VLAPolicy(cfg).eval()
+    pre, _ = make_r1vla_pre_post_processors(cfg, STATS)
+    batch = make_batch(cfg, b=3)
+    batch["task"] = ["put the object in the basket"] * 3  # one prompt length: no padding differences
+    inputs = pre(batch)
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(3)]
+    together = [policy.predict_action_chunk(inputs, generators=gens) for _ in range(2)]  # two chunks in a row
+    for i in range(3):
+        one = {k: v[i : i + 1] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in inputs.items()}
+        g = torch.Generator().manual_seed(100 + i)
+        for t in range(2):
+            torch.testing.assert_close(
+                policy.predict_action_chunk(one, generators=[g])[0], together[t][i], atol=1e-5, rtol=0
+            )
+    assert not torch.allclose(together[0][0], together[0][1])  # other episodes, other noise
+    torch.manual_seed(0)
+    assert not torch.allclose(together[0], together[1])  # the generators advance between calls
+
+
 def test_non_finite_actions_raise():
     cfg = make_config("l1")
     policy = R1VLAPolicy(cfg)

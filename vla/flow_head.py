@@ -228,18 +228,28 @@ class FlowMatchingHead(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, feats: dict, state: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        feats: dict,
+        state: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """Euler integration from x0 ~ N(0, I) (drawn with `generator`) over num_inference_steps -> (B,H,A).
+        """Euler integration from x0 ~ N(0, I) over num_inference_steps -> (B,H,A). x0 is drawn with `generator`;
+        with a list of B generators, row b's noise comes from generator b alone, so one batched call draws what B
+        calls of one row each would (the evaluation batches stochastic episodes this way).
 
         Deterministic for a given generator seed when the module is in eval() mode (dropout off).
         """
         ctx = self.encode_context(feats, state)
         prefix = ctx[2]
         B, K = prefix.shape[0], self.cfg.num_inference_steps
-        shape = (B, self.chunk_size, self.action_dim)
-        gen_device = generator.device if generator is not None else prefix.device
-        x = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
+        row = (self.chunk_size, self.action_dim)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != B:
+                raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+            x = torch.stack([torch.randn(row, generator=g, device=g.device) for g in generator])
+        else:
+            gen_device = generator.device if generator is not None else prefix.device
+            x = torch.randn((B, *row), generator=generator, device=gen_device, dtype=torch.float32)
         x = x.to(device=prefix.device, dtype=prefix.dtype)  # (B,H,A)
         n = self.cfg.num_timestep_buckets
         for i in range(K):

@@ -84,7 +84,10 @@ class L1ChunkHead(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, feats: dict, state: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        feats: dict,
+        state: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Deterministic regression output (B,H,A); `generator` is accepted for interface parity and unused."""
         return self.predict(feats, state).float()

@@ -75,6 +75,9 @@ class VLAModel(nn.Module):
         return self.loss(batch)
 
     @torch.no_grad()
-    def sample(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalized action chunk (B,H,A); only "images", "texts", "state" are read from `batch`."""
+    def sample(
+        self, batch: dict, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """Normalized action chunk (B,H,A); only "images", "texts", "state" are read from `batch`. `generator`:
+        one, or one per row (see FlowMatchingHead.sample)."""
         return self.head.sample(self.features(batch), batch["state"], generator=generator)

@@ -39,6 +39,7 @@ class R1VLAConfig(PreTrainedConfig):
     attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager
     gradient_checkpointing: bool = False  # trade compute for memory in lora/full modes
     trust_remote_code: bool = False  # never run checkpoint code unless asked
+    allow_backbone_mismatch: bool = False  # load even if backbone_path is not the backbone it was trained on
     lora_r: int = 32  # LoRA rank (OpenVLA-OFT: 32)
     lora_alpha: int = 16  # LoRA alpha (OpenVLA-OFT: min(r, 16))
     lora_dropout: float = 0.0  # LoRA dropout

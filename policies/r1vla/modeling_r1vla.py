@@ -2,10 +2,15 @@
 
 Checkpoints (`pretrained_model/model.safetensors`) hold the head and the *trainable* backbone weights only
 (LoRA adapters in `lora` mode, everything in `full` mode); a frozen backbone is reloaded from `backbone_path`.
+Beside them: `backbone_fingerprint.json` (what `backbone_path` held when the policy was trained; loading with
+another backbone is refused unless `allow_backbone_mismatch`) and `r1vla_run.json` (run identity: a hash of the
+initial head weights and of the first training batches' sample indices, equal across backbones for one seed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import deque
 from pathlib import Path
@@ -23,6 +28,9 @@ from .configuration_r1vla import RENAME_HINT, R1VLAConfig
 from .processor_r1vla import PROMPT_KEY
 
 SAFETENSORS_FILE = "model.safetensors"
+FINGERPRINT_FILE = "backbone_fingerprint.json"
+RUN_FILE = "r1vla_run.json"
+N_LOGGED_BATCHES = 4  # first training batches whose sample indices identify the data order
 
 
 def head_overrides(config: R1VLAConfig) -> dict:
@@ -50,11 +58,18 @@ class R1VLAPolicy(PreTrainedPolicy):
         super().__init__(config)
         config.validate_features()
         self.config = config
-        backbone = build_backbone(config.backbone_config())
-        head = make_head(
-            config.head, head_overrides(config), backbone.hidden_size, config.state_dim, config.action_dim
-        )
+        # Building the policy draws nothing from the global RNG, and the head's init does not depend on what the
+        # backbone's construction drew (LoRA init, ...): under one seed every backbone gets the same head init
+        # and lerobot-train's sampler the same data order.
+        entry = torch.get_rng_state()
+        with torch.random.fork_rng(devices=[]):
+            backbone = build_backbone(config.backbone_config())
+            torch.set_rng_state(entry)
+            head = make_head(
+                config.head, head_overrides(config), backbone.hidden_size, config.state_dim, config.action_dim
+            )
         self.model = VLAModel(backbone, head)
+        self.identity = {"head_init_sha256": tensors_sha256(head.state_dict()), "first_batch_indices": []}
         self.reset()
 
     # --- LeRobot API ------------------------------------------------------------------------------------
@@ -75,6 +90,11 @@ class R1VLAPolicy(PreTrainedPolicy):
         return groups
 
     def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
+        seen = self.identity["first_batch_indices"]
+        if self.training and len(seen) < N_LOGGED_BATCHES and "index" in batch:
+            seen.append(
+                torch.as_tensor(batch["index"]).flatten().tolist()
+            )  # the dataset frames of this batch
         inputs = self._model_inputs(batch)
         inputs["actions"] = batch[ACTION]  # (B, H, A) normalised
         inputs["action_is_pad"] = batch.get(f"{ACTION}_is_pad")  # (B, H) bool or None
@@ -82,8 +102,12 @@ class R1VLAPolicy(PreTrainedPolicy):
         return loss, info
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
-        actions = self.model.sample(self._model_inputs(batch))  # (B, H, A) normalised
+    def predict_action_chunk(
+        self, batch: dict[str, Tensor], generators: list[torch.Generator] | None = None, **kwargs
+    ) -> Tensor:
+        """(B, H, A) normalised actions. `generators`: one torch.Generator per row for the flow head's noise (one
+        batched call then equals per-row calls; eval_libero.runner passes each episode's own)."""
+        actions = self.model.sample(self._model_inputs(batch), generator=generators)  # (B, H, A) normalised
         if not torch.isfinite(actions).all():
             raise FloatingPointError(
                 f"r1vla produced non-finite actions ({int((~torch.isfinite(actions)).sum())} values); refusing to "
@@ -119,14 +143,33 @@ class R1VLAPolicy(PreTrainedPolicy):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k for k in self.state_dict() if k.startswith("model.backbone.") and k not in trainable}
 
+    def run_identity(self) -> dict:
+        """What must be equal across the backbones of one training seed (head init, data order), and more."""
+        batches = self.identity["first_batch_indices"]
+        return {
+            **self.identity,
+            "first_batch_indices_sha256": hashlib.sha256(json.dumps(batches).encode()).hexdigest()[:16],
+            "backbone": self.config.backbone,
+            "backbone_path": self.config.backbone_path,
+        }
+
     def _save_pretrained(self, save_directory: Path) -> None:
-        self.config._save_pretrained(save_directory)
+        folder = Path(save_directory)
+        self.config._save_pretrained(folder)
         frozen = self._frozen_keys()
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in frozen}
-        save_file(state, str(Path(save_directory) / SAFETENSORS_FILE))
+        save_file(state, str(folder / SAFETENSORS_FILE))
+        if self.model.backbone.fingerprint is not None:
+            (folder / FINGERPRINT_FILE).write_text(json.dumps(self.model.backbone.fingerprint, indent=1))
+        (folder / RUN_FILE).write_text(json.dumps(self.run_identity(), indent=1))
 
     @classmethod
     def _load_as_safetensor(cls, model: R1VLAPolicy, model_file: str, map_location: str, strict: bool):
+        folder = Path(model_file).parent
+        check_backbone(model, folder)
+        if (folder / RUN_FILE).exists():  # a resumed run keeps the identity of its start
+            saved = json.loads((folder / RUN_FILE).read_text())
+            model.identity = {k: saved[k] for k in model.identity if k in saved}
         state = load_file(model_file, device=str(map_location) if map_location else "cpu")
         missing, unexpected = model.load_state_dict(state, strict=False)
         frozen = model._frozen_keys()
@@ -145,3 +188,42 @@ class R1VLAPolicy(PreTrainedPolicy):
             model.config.backbone_path or f"the {model.config.backbone!r} preset",
         )
         return model
+
+
+def tensors_sha256(state: dict[str, Tensor]) -> str:
+    """Short sha256 of a state dict's names and raw bytes (float32), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_backbone(model: R1VLAPolicy, folder: Path) -> None:
+    """Refuse a backbone whose fingerprint differs from the one the checkpoint in `folder` was trained on."""
+    from adapters.fingerprint import fingerprint_differences
+
+    cfg, path = model.config, folder / FINGERPRINT_FILE
+    now = model.model.backbone.fingerprint
+    if not path.exists():
+        logging.warning(
+            "r1vla: %s has no %s (made before backbone fingerprints): cannot verify that %r is the backbone it "
+            "was trained on",
+            folder,
+            FINGERPRINT_FILE,
+            cfg.backbone_path or cfg.backbone,
+        )
+        return
+    diffs = fingerprint_differences(json.loads(path.read_text()), now or {})
+    if not diffs:
+        return
+    where = cfg.backbone_path or f"the {cfg.backbone!r} preset"
+    message = (
+        f"the checkpoint {folder} was trained on another backbone than {where} ({cfg.backbone}):\n  "
+        + "\n  ".join(diffs)
+        + "\nPoint it at the backbone it was trained on (r1vla eval --backbone-path PATH, or "
+        "--policy.backbone_path=PATH), or pass --allow-backbone-mismatch / --policy.allow_backbone_mismatch=true"
+    )
+    if not cfg.allow_backbone_mismatch:
+        raise ValueError(message)
+    logging.warning("r1vla: %s (allowed)", message)
