@@ -48,15 +48,21 @@ def render_markdown(rep: dict) -> str:
         f"Baseline: **{base}**. α = {alpha:g}. Bootstrap: B = {rep['n_bootstrap']} resamples, RNG seed "
         f"{rep['bootstrap_seed']} (`--bootstrap`, `--bootstrap-seed`). Rates and differences in %.",
         "",
+        "- **Several training seeds:** every multi-seed 95% CI (success, Average, Δ, drop, Δ drop) is a "
+        "t-interval over training seeds: the statistic is computed per seed (pair) on its own episodes, then "
+        "mean ± t(0.975, n − 1 degrees of freedom) · sd / √n over the n seeds, p from the one-sample t-test "
+        "against 0 (method `t_over_seeds`; success intervals clipped to [0, 1]). Where it is undefined the pooled "
+        "two-stage cluster bootstrap (seeds, then (task, init state) clusters) is used and named: `bootstrap_sd0` "
+        "(all seeds gave the same value, sd = 0), `bootstrap_incomplete` (an Average whose seeds ran different "
+        "suites).",
         "- **Success** with a 95% CI: one replicate (training seed) per arm: Wilson; several: the mean of the "
-        "replicates' rates, CI from a two-stage cluster bootstrap (training seeds, then (task, init state) "
-        "clusters within the suite). **Average** = mean of the suite rates; CI: MOVER on the suites' Wilson limits "
-        "(one replicate) or the suite-stratified bootstrap (several), so it contains the average for any suite sizes.",
+        "replicates' rates. **Average** = mean of the suite rates; CI: MOVER on the suites' Wilson limits "
+        "(one replicate), so it contains the average for any suite sizes; several: as above.",
         "- **Δ vs the baseline** on the episodes both share (suite, task, init state, seed) within each pair of "
-        "replicates with the same training seed; 95% CI: paired two-stage cluster bootstrap, percentile. "
-        "p: exact McNemar with one replicate pair; with more, the bootstrap p (it accounts for training-seed "
-        "variance). p (Holm): across the standard suites of one comparison; the **Average is not in the Holm "
-        "family** (its p is always the bootstrap's).",
+        "replicates with the same training seed. One replicate pair: 95% CI from a paired cluster bootstrap over "
+        "(task, init state), percentile; p: exact McNemar. Several: over the seeds, as above. "
+        "p (Holm): across the standard suites of one comparison; the **Average is not in the Holm "
+        "family** (with one replicate pair its p is the bootstrap's).",
         "- **Verdicts** with one or two training seeds are about the checkpoints; a verdict about the backbones "
         f"needs ≥ 3 paired training seeds, a Δ CI that excludes 0 and p (Holm) < {alpha:g}.",
         "- Episodes that failed for a fault (not the step cap: policy error, worker death, simulator error) count "
@@ -68,19 +74,33 @@ def render_markdown(rep: dict) -> str:
         lines += [f"- {d}" for d in rep["protocol_differences"]] + [""]
     if rep["warnings"]:
         lines += ["## Warnings", ""] + [f"- **Warning:** {w}" for w in rep["warnings"]] + [""]
-    lines += ["## Runs", "", "| arm | folder | checkpoint | train seed | episodes | faults |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Runs",
+        "",
+        "| arm | folder | checkpoint | train seed | episodes | faults |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, r in runs.items():
         for x in r["replicates"]:
             f = x["faults"]["n"]
-            faults = f"**{f} ⚠** ({', '.join(f'{k}: {v}' for k, v in x['faults']['reasons'].items())})" if f else "0"
+            faults = (
+                f"**{f} ⚠** ({', '.join(f'{k}: {v}' for k, v in x['faults']['reasons'].items())})"
+                if f
+                else "0"
+            )
             shards = " (unmerged shards ⚠)" if x["unmerged_shards"] else ""
+            seed = "–" if x["train_seed"] is None else x["train_seed"]
             lines.append(
-                f"| {n} | {x['dir']}{shards} | {x['checkpoint']} | {x['train_seed']} | {x['n_episodes']} | {faults} |"
+                f"| {n} | {x['dir']}{shards} | {x['checkpoint']} | {seed} | {x['n_episodes']} | {faults} |"
             )
     lines += ["", "## Success per suite", "", "| arm | " + " | ".join(map(_t, suites)) + " | Average |"]
     lines.append("|---" * (len(suites) + 2) + "|")
     for n, r in runs.items():
-        lines.append(f"| {n} | " + " | ".join(_rate(r["suites"].get(s)) for s in suites) + f" | {_rate(r['average'])} |")
+        lines.append(
+            f"| {n} | "
+            + " | ".join(_rate(r["suites"].get(s)) for s in suites)
+            + f" | {_rate(r['average'])} |"
+        )
     for n, r in runs.items():
         if "paired" in r:
             lines += _comparison(n, base, r)
@@ -90,11 +110,15 @@ def render_markdown(rep: dict) -> str:
     lines += ["", "## Verdicts", ""]
     for n, r in runs.items():
         if "paired" in r:
-            cells = "; ".join(f"{_t(s) if s != 'average' else 'Average'}: {t['verdict']}" for s, t in r["paired"].items())
+            cells = "; ".join(
+                f"{_t(s) if s != 'average' else 'Average'}: {t['verdict']}" for s, t in r["paired"].items()
+            )
             lines.append(f"- **{n}** vs {base}: {cells}")
             ood = [(c, x["vs_baseline"]) for c, x in rep["ood"].get(n, {}).items() if "vs_baseline" in x]
             if ood:
-                lines.append("  - drop under perturbation: " + "; ".join(f"{_t(c)}: {v['verdict']}" for c, v in ood))
+                lines.append(
+                    "  - drop under perturbation: " + "; ".join(f"{_t(c)}: {v['verdict']}" for c, v in ood)
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +169,7 @@ def _ood(rep: dict) -> list[str]:
         "## Out of distribution (LIBERO-PRO perturbations)",
         "",
         "Drop = standard-suite success − perturbed success, paired on (task, init state, seed) within a replicate; "
-        "95% CI: two-stage cluster bootstrap.",
+        "95% CI: cluster bootstrap with one replicate, t-interval over training seeds with several.",
         "",
         "| suite/perturbation | " + " | ".join(f"{a} success | {a} drop" for a in ood) + " |",
         "|---" * (2 * len(ood) + 1) + "|",
@@ -154,10 +178,14 @@ def _ood(rep: dict) -> list[str]:
         row = []
         for a in ood.values():
             x = a.get(c)
-            row += ["–", "–"] if not x else [
-                f"{_pp(x['success'])}{_ci(x['success_ci95'])} (n={x['n_episodes']})",
-                _delta(x["drop"], x["drop_ci95"]),
-            ]  # fmt: skip
+            row += (
+                ["–", "–"]
+                if not x
+                else [
+                    f"{_pp(x['success'])}{_ci(x['success_ci95'])} (n={x['n_episodes']})",
+                    _delta(x["drop"], x["drop_ci95"]),
+                ]
+            )
         lines.append(f"| {_t(c)} | " + " | ".join(row) + " |")
     for n, a in ood.items():
         vs = {c: x["vs_baseline"] for c, x in a.items() if "vs_baseline" in x}
@@ -167,21 +195,24 @@ def _ood(rep: dict) -> list[str]:
             "",
             f"### {n} vs {base}: difference of drops",
             "",
-            f"Δ drop = drop({n}) − drop({base}); negative: {n} loses less. p: two-sided bootstrap p even with one "
-            "replicate pair (McNemar does not apply to a difference of two paired differences); p (Holm): across "
-            "the suite/perturbation cells of this comparison.",
+            f"Δ drop = drop({n}) − drop({base}); negative: {n} loses less. p: with one replicate pair the two-sided "
+            "bootstrap p (McNemar does not apply to a difference of two paired differences); with several, the "
+            "t-test over training seeds; p (Holm): across the suite/perturbation cells of this comparison.",
             "",
-            "| suite/perturbation | seeds | episodes | Δ drop (pp) [95% CI] | p | p (Holm) | verdict |",
+            "| suite/perturbation | seeds | episodes | Δ drop (pp) [95% CI] | p (method) | p (Holm) | verdict |",
             "|---|---|---|---|---|---|---|",
         ]
         for c, v in vs.items():
             lines.append(
                 f"| {_t(c)} | {v['n_seeds']} | {v['n_episodes']} | {_delta(v['delta_drop'], v['delta_drop_ci95'])} "
-                f"| {_p(v['p_value'])} | {_p(v['p_holm'])} | {v['verdict']} |"
+                f"| {_p(v['p_value'])} ({v['p_method']}) | {_p(v['p_holm'])} | {v['verdict']} |"
             )
         if lo := rep["ood_left_out"].get(n):
-            lines += ["", f"Left out (not run by both): only {n}: {', '.join(map(_t, lo['only_in_arm'])) or 'none'}; "
-                      f"only {base}: {', '.join(map(_t, lo['only_in_baseline'])) or 'none'}."]  # fmt: skip
+            lines += [
+                "",
+                f"Left out (not run by both): only {n}: {', '.join(map(_t, lo['only_in_arm'])) or 'none'}; "
+                f"only {base}: {', '.join(map(_t, lo['only_in_baseline'])) or 'none'}.",
+            ]
     return lines
 
 
@@ -191,7 +222,12 @@ def _tasks(runs: dict, suites: list[str]) -> list[str]:
         {t for r in runs.values() for t in r["tasks"]},
         key=lambda k: (rank.get(k.split("/")[0], len(rank)), int(k.split("/")[1])),
     )
-    lines = ["", "## Per task (success %, pooled over replicates)", "", "| suite/task | " + " | ".join(runs) + " |"]
+    lines = [
+        "",
+        "## Per task (success %, pooled over replicates)",
+        "",
+        "| suite/task | " + " | ".join(runs) + " |",
+    ]
     lines.append("|---" * (len(runs) + 1) + "|")
     for t in tasks:
         cells = [
@@ -239,8 +275,12 @@ def plot_suites(rep: dict, path: Path) -> None:
     groups = _suites(rep) + ["average"]
     names = [_t(g) if g != "average" else "Average" for g in groups]
     others = [n for n, r in runs.items() if "paired" in r]
-    plt, fig, (ax, *rest) = _figure(2 if others else 1, 2 + 1.3 * len(groups) * max(1, len(runs) / 2) * (2 if others else 1))
-    series = {n: [r["suites"].get(g) if g != "average" else r["average"] for g in groups] for n, r in runs.items()}
+    plt, fig, (ax, *rest) = _figure(
+        2 if others else 1, 2 + 1.3 * len(groups) * max(1, len(runs) / 2) * (2 if others else 1)
+    )
+    series = {
+        n: [r["suites"].get(g) if g != "average" else r["average"] for g in groups] for n, r in runs.items()
+    }
     _bars(ax, names, series)
     ax.set_title(f"LIBERO success, 95% CI (baseline: {rep['baseline']})", fontsize=9)
     if others:
@@ -251,11 +291,13 @@ def plot_suites(rep: dict, path: Path) -> None:
             lo = np.array([100 * x["delta_ci95"][0] if x.get("delta") is not None else np.nan for x in t])
             hi = np.array([100 * x["delta_ci95"][1] if x.get("delta") is not None else np.nan for x in t])
             x = np.arange(len(groups)) + (i - (len(others) - 1) / 2) * 0.15
-            dx.errorbar(x, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="o", capsize=3, label=n)
+            dx.errorbar(
+                x, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="o", capsize=3, label=n
+            )
         dx.axhline(0, color="k", lw=0.8)
         dx.set_xticks(np.arange(len(groups)), names, fontsize=8)
         dx.set_ylabel(f"Δ vs {rep['baseline']} (pp)")
-        dx.set_title("paired Δ, 95% bootstrap CI", fontsize=9)
+        dx.set_title("paired Δ, 95% CI", fontsize=9)
         dx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
