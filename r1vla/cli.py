@@ -31,6 +31,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "lerobot-train with TensorBoard logging (all lerobot-train arguments pass through)",
     ),
     "eval": ("eval_libero.run", "evaluate a LeRobot policy on LIBERO suites (resumable, batched, sharded)"),
+    "mcqa": ("reasoning.mcqa", "Robot-R1-style multiple-choice questions from a LeRobot LIBERO dataset"),
+    "backbone": ("reasoning.train", "train a backbone on MCQA questions: `backbone sft` or `backbone grpo`"),
+    "probe": (
+        "reasoning.probe",
+        "reasoning probe: MCQA accuracy and format rate of a backbone or VLA policy",
+    ),
     "compare": ("eval_libero.compare", "transfer report: success with CIs, paired tests against a baseline"),
     "study": ("r1vla.study", "the whole study: demos -> fine-tune each backbone -> evaluate -> report"),
 }
