@@ -18,12 +18,13 @@ from adapters.presets import PRESETS, Preset, get_preset, register_preset, resol
 from adapters.prompts import PROMPT_STYLES, build_prompt, check_prompt_style
 
 if TYPE_CHECKING:
-    from adapters.qwen2_5_vl import QwenVLBackbone, build_backbone
+    from adapters.qwen2_5_vl import QwenVLBackbone, build_backbone, build_random_backbone
     from adapters.tiny import build_tiny_checkpoint, default_tiny_dir, ensure_tiny_checkpoint
 
 _LAZY = {
     "QwenVLBackbone": "adapters.qwen2_5_vl",
     "build_backbone": "adapters.qwen2_5_vl",
+    "build_random_backbone": "adapters.qwen2_5_vl",
     "build_tiny_checkpoint": "adapters.tiny",
     "default_tiny_dir": "adapters.tiny",
     "ensure_tiny_checkpoint": "adapters.tiny",
@@ -47,6 +48,7 @@ __all__ = [
     "QwenVLBackbone",
     "build_backbone",
     "build_prompt",
+    "build_random_backbone",
     "build_tiny_checkpoint",
     "check_prompt_style",
     "default_tiny_dir",

@@ -12,8 +12,8 @@ from adapters.prompts import check_prompt_style
 from hints import check as _check_choice
 
 MODES = ("frozen", "lora", "full")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DTYPES = ("auto", "float32", "bfloat16")  # float16 is refused: Qwen2.5-VL's activations overflow it
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,12 @@ class BackboneConfig:
     path: str | None = None  # hub id or local folder; None = the preset's default (robot_r1/sft need one)
     mode: str = "frozen"  # frozen: no backbone grads | lora: LoRA on the LLM only | full: all trainable
     select_layer: int = -1  # -1 = all decoder layers; L > 0 = keep the first L (rest deleted), normed output
-    dtype: str = "auto"  # auto = bfloat16 on CUDA else float32 | float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (needs the flash-attn package)
-    gradient_checkpointing: bool = False  # recompute decoder activations in backward (lora/full training)
+    dtype: str = "auto"  # auto: bf16 on CUDA unless mode=full (trainable weights stay fp32), else fp32
+    attn_implementation: str = (
+        "auto"  # auto: flash_attention_2 on CUDA when installed, else sdpa | sdpa | eager
+    )
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward whenever grads flow
+    device: str | None = None  # load the weights straight onto this device (cuda:N per rank); None = CPU
     trust_remote_code: bool = False  # run Python code shipped with the checkpoint (only when asked)
     lora_r: int = 32  # LoRA rank (OpenVLA-OFT: 32)
     lora_alpha: int = 16  # LoRA scaling numerator: scale = alpha / r (OpenVLA-OFT: min(r, 16))
@@ -37,7 +40,17 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         get_preset(self.key)  # unknown key -> ValueError with the valid keys and the closest match
         _check_choice("mode", self.mode, MODES)
+        if self.dtype == "float16":
+            raise ValueError(
+                "backbone dtype 'float16' is refused: Qwen2.5-VL's activations overflow float16; use bfloat16 "
+                "(or 'auto': bf16 on CUDA, fp32 on CPU)"
+            )
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.mode == "full" and self.dtype == "bfloat16":
+            raise ValueError(
+                "mode 'full' trains the backbone: its weights stay float32 (AdamW updates at lr 1e-6 round to "
+                "nothing in bfloat16); bf16 compute comes from autocast (--policy.amp=bf16). Use dtype 'auto'"
+            )
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         if self.prompt_style is not None:
             check_prompt_style(self.prompt_style)

@@ -18,6 +18,7 @@ are ordinary text tokens to it.
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +47,21 @@ CHECKPOINT_KEY_MAPPING = {
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` = bfloat16 on CUDA, else float32 (transformers 4.57 would load float32 unless told)."""
+def resolve_dtype(name: str, mode: str = "frozen", device: str | None = None) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA for a frozen or LoRA backbone (its trainable adapters are cast to fp32), float32
+    in `full` mode (trainable weights stay fp32; bf16 compute comes from autocast) and on CPU."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+        return torch.bfloat16 if cuda and mode != "full" else torch.float32
     return _TORCH_DTYPES[name]
+
+
+def resolve_attention(name: str, device: str | None = None) -> str:
+    """`auto`: flash_attention_2 on CUDA when the flash-attn package is installed, else sdpa."""
+    if name != "auto":
+        return name
+    cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def load_qwen2_5_vl(path: str, cfg: BackboneConfig) -> tuple[Qwen2_5_VLModel, object]:
@@ -75,11 +86,17 @@ def load_qwen2_5_vl(path: str, cfg: BackboneConfig) -> tuple[Qwen2_5_VLModel, ob
     if cfg.select_layer > 0:  # layers beyond L are never built nor loaded (their weights: unexpected keys)
         text.num_hidden_layers = cfg.select_layer
         text.layer_types = text.layer_types[: cfg.select_layer]
+    attn = resolve_attention(cfg.attn_implementation, cfg.device)
+    logging.getLogger(__name__).info(
+        "backbone %s: attention %s, dtype %s", path, attn, resolve_dtype(cfg.dtype, cfg.mode, cfg.device)
+    )
+    on_device = {"device_map": {"": cfg.device}} if cfg.device and cfg.device != "cpu" else {}
     model, info = Qwen2_5_VLModel.from_pretrained(
         path,
         config=hf_config,
-        dtype=resolve_dtype(cfg.dtype),
-        attn_implementation=cfg.attn_implementation,
+        dtype=resolve_dtype(cfg.dtype, cfg.mode, cfg.device),
+        attn_implementation=attn,
+        **on_device,  # each rank loads straight onto its own GPU (no 15 GB host copy per rank)
         key_mapping=CHECKPOINT_KEY_MAPPING,
         output_loading_info=True,
         trust_remote_code=cfg.trust_remote_code,
@@ -254,6 +271,12 @@ class QwenVLBackbone(nn.Module):
         B, L = ids.shape
         K = 0 if query_embeds is None else query_embeds.shape[0]
         need_grad = torch.is_grad_enabled() and (self.config.mode != "frozen" or K > 0)
+        # A frozen backbone runs in eval mode, where Hugging Face skips gradient checkpointing; when gradients
+        # flow through it anyway (the L1 head's queries), its decoder runs in training mode for this call so that
+        # checkpointing takes effect (Qwen2.5-VL has no dropout: nothing else changes).
+        lm = self.model.language_model
+        recompute = need_grad and self.config.gradient_checkpointing and not lm.training
+        lm.train(lm.training or recompute)
         with torch.set_grad_enabled(need_grad):
             embeds = self.model.get_input_embeddings()(ids)  # (B, L, D)
             if K:
@@ -269,6 +292,8 @@ class QwenVLBackbone(nn.Module):
                 image_grid_thw=inputs["image_grid_thw"],  # (B*V, 3)
                 use_cache=False,
             )
+        if recompute:
+            lm.train(False)
         hidden = out.last_hidden_state  # (B, L+K, D)
         return {
             "tokens": hidden[:, :L],
@@ -295,3 +320,23 @@ def build_backbone(cfg: BackboneConfig) -> QwenVLBackbone:
     from adapters.fingerprint import fingerprint
 
     return QwenVLBackbone(cfg, preset, model, processor, fingerprint(path))
+
+
+def build_random_backbone(cfg: BackboneConfig, hf_config: object, device: str = "cpu") -> QwenVLBackbone:
+    """A Qwen2.5-VL of architecture `hf_config` with random weights, built on `device` (benchmarks of the real
+    7B architecture without its 15 GB download). Tokenizer and processor come from the offline tiny checkpoint:
+    token ids differ from Qwen's, compute does not."""
+    from adapters.tiny import ensure_tiny_checkpoint
+
+    processor = AutoProcessor.from_pretrained(str(ensure_tiny_checkpoint()), use_fast=True)
+    processor.tokenizer.padding_side = "left"
+    tiny = AutoConfig.from_pretrained(str(ensure_tiny_checkpoint()))
+    for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        setattr(hf_config, k, getattr(tiny, k))
+    with torch.device(device):
+        model = Qwen2_5_VLModel._from_config(
+            hf_config,
+            torch_dtype=resolve_dtype(cfg.dtype, cfg.mode, device),
+            attn_implementation=resolve_attention(cfg.attn_implementation, device),
+        )
+    return QwenVLBackbone(cfg, get_preset(cfg.key), model, processor, None)

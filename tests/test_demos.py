@@ -178,6 +178,31 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         == 2
     )
     assert "libero_object task id 10 out of range; valid: 0-9" in capsys.readouterr().err
+    args = [
+        "demos",
+        "--suites",
+        "object",
+        "--tasks",
+        "0",
+        "--episodes-per-task",
+        "1",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main([*args, "--init-states", "0-4"]) == 2
+    assert (
+        "--init-states selects official init states: it needs --official-init-states"
+        in capsys.readouterr().err
+    )
+    assert (
+        main(
+            [*args[:-3], "6", "--out", str(tmp_path / "c"), "--official-init-states", "--init-states", "0-4"]
+        )
+        == 2
+    )
+    assert (
+        "more than 5 episodes per task from 5 init states repeat episodes exactly" in capsys.readouterr().err
+    )
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     other = LeRobotDataset.create(
@@ -207,7 +232,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         == 2
     )
     assert "other features" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 # --------------------------------------------------------------------------------------------- HDF5

@@ -16,8 +16,10 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from adapters import BackboneConfig
 from hints import check as _check_choice
+from hints import unknown
 
 HEADS = ("flow", "l1")
+AMP_MODES = ("auto", "bf16", "none")  # fp16 is not offered: Qwen2.5-VL overflows it
 DEFAULT_CHUNK = {"flow": 16, "l1": 8}  # GR00T-N1.5 horizon 16; OpenVLA-OFT LIBERO chunk 8
 THIRD_PERSON_KEY = "observation.images.image"
 WRIST_KEY = "observation.images.image2"
@@ -35,9 +37,14 @@ class R1VLAConfig(PreTrainedConfig):
     backbone_path: str | None = None  # hub id or local folder; required for robot_r1 / sft
     backbone_mode: str = "frozen"  # frozen (GR00T, Robot-R1 recipe) | lora | full
     backbone_layer: int = -1  # keep the first L decoder layers (-1 = all); features = their normed output
-    backbone_dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
-    attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager
-    gradient_checkpointing: bool = False  # trade compute for memory in lora/full modes
+    backbone_dtype: str = (
+        "auto"  # auto: bf16 on CUDA (fp32 in full mode: trainable weights stay fp32), fp32 on CPU
+    )
+    attn_implementation: str = (
+        "auto"  # auto: flash_attention_2 on CUDA when installed, else sdpa | sdpa | eager
+    )
+    gradient_checkpointing: bool = False  # recompute backbone activations in backward (whenever grads flow)
+    amp: str = "auto"  # autocast of backbone + head: auto = bf16 on CUDA, none on CPU | bf16 | none
     trust_remote_code: bool = False  # never run checkpoint code unless asked
     allow_backbone_mismatch: bool = False  # load even if backbone_path is not the backbone it was trained on
     lora_r: int = 32  # LoRA rank (OpenVLA-OFT: 32)
@@ -48,6 +55,7 @@ class R1VLAConfig(PreTrainedConfig):
     image_keys: tuple[str, ...] = (THIRD_PERSON_KEY, WRIST_KEY)  # batch keys read, third person first
     state_dim: int = 8  # eef pos (3) + axis-angle (3) + gripper qpos (2)
     action_dim: int = 7  # eef delta (6) + gripper (-1 open / +1 close)
+    binarize_gripper: bool = True  # last action dim to its min or max, as OpenVLA-OFT evaluates LIBERO
 
     # --- action head (vla/) --------------------------------------------------------------------------
     head: str = "flow"  # flow (GR00T-N1.5 DiT, flow matching) | l1 (OpenVLA-OFT chunk regression)
@@ -72,7 +80,8 @@ class R1VLAConfig(PreTrainedConfig):
 
     # --- optimisation (GR00T-N1.5 fine-tuning defaults) -----------------------------------------------
     optimizer_lr: float = 1e-4  # head learning rate
-    optimizer_backbone_lr_scale: float = 0.1  # backbone lr = scale * lr (lora / full modes)
+    optimizer_backbone_lr_scale: float = 0.1  # full mode: backbone lr = scale * lr (GR00T's tune_llm recipe)
+    lora_lr: float = 1e-4  # lora mode: the adapters' lr (GR00T LoRA 1e-4; OpenVLA-OFT 5e-4 at r=32)
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
     optimizer_eps: float = 1e-8
     optimizer_weight_decay: float = 1e-5
@@ -80,6 +89,16 @@ class R1VLAConfig(PreTrainedConfig):
     scheduler_warmup_steps: int = 3000  # 5% of 60k
     scheduler_decay_steps: int = 60000  # the Robot-R1 recipe: 60k steps (auto-scaled for shorter runs)
     scheduler_decay_lr: float = 1e-6
+
+    # --- training-time image augmentation (GR00T-N1.5's LIBERO fine-tune) -----------------------------------
+    augment: bool = False  # random crop + colour jitter while training (on in the paper preset)
+    augment_crop: float = (
+        0.95  # crop side fraction, random in training, centred at inference (GR00T VideoCrop)
+    )
+    augment_brightness: float = 0.3  # ColorJitter factors (GR00T LIBERO: 0.3 / 0.4 / 0.5 / 0.08)
+    augment_contrast: float = 0.4
+    augment_saturation: float = 0.5
+    augment_hue: float = 0.08
 
     push_to_hub: bool = False  # nothing leaves the machine unless asked
 
@@ -106,6 +125,15 @@ class R1VLAConfig(PreTrainedConfig):
         misplaced = [f for f in flow_only if self.head != "flow" and getattr(self, f) is not None]
         if misplaced:
             raise ValueError(f"{misplaced} apply to the flow head only; this config uses head {self.head!r}")
+        if self.binarize_gripper and self.normalization_mapping.get("ACTION") != NormalizationMode.MIN_MAX:
+            raise ValueError(
+                "binarize_gripper needs min-max action normalisation (its -1 / +1 are the open / closed values); "
+                "set binarize_gripper=false for other normalisations"
+            )
+        if self.amp not in AMP_MODES:
+            raise unknown("amp", self.amp, AMP_MODES)
+        if not 0.5 <= self.augment_crop <= 1.0:
+            raise ValueError(f"augment_crop must be in [0.5, 1] (side fraction), got {self.augment_crop}")
         self.backbone_config()  # unknown backbone key / mode / prompt style: rejected before any work
 
     def backbone_config(self) -> BackboneConfig:
@@ -116,6 +144,7 @@ class R1VLAConfig(PreTrainedConfig):
             select_layer=self.backbone_layer,
             dtype=self.backbone_dtype,
             attn_implementation=self.attn_implementation,
+            device=rank_device(self.device),
             gradient_checkpointing=self.gradient_checkpointing,
             trust_remote_code=self.trust_remote_code,
             lora_r=self.lora_r,
@@ -175,3 +204,12 @@ class R1VLAConfig(PreTrainedConfig):
     @property
     def reward_delta_indices(self) -> None:
         return None
+
+
+def rank_device(device: str | None) -> str | None:
+    """`cuda` -> `cuda:LOCAL_RANK` under torchrun/accelerate (each rank loads onto its own GPU); else as given."""
+    import os
+
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device

@@ -24,6 +24,7 @@ from torch import Tensor
 from adapters import build_backbone
 from vla import VLAModel, make_head
 
+from .augment_r1vla import augment, center_crop
 from .configuration_r1vla import RENAME_HINT, R1VLAConfig
 from .processor_r1vla import PROMPT_KEY
 
@@ -31,6 +32,7 @@ SAFETENSORS_FILE = "model.safetensors"
 FINGERPRINT_FILE = "backbone_fingerprint.json"
 RUN_FILE = "r1vla_run.json"
 N_LOGGED_BATCHES = 4  # first training batches whose sample indices identify the data order
+NO_DECAY_TOKENS = ("query_embeds", "pos_emb", "future")  # learned tokens: no weight decay (nor biases, norms)
 
 
 def head_overrides(config: R1VLAConfig) -> dict:
@@ -54,16 +56,19 @@ class R1VLAPolicy(PreTrainedPolicy):
     config_class = R1VLAConfig
     name = "r1vla"
 
-    def __init__(self, config: R1VLAConfig, **kwargs):  # make_policy passes dataset_stats=, dataset_meta=
+    def __init__(self, config: R1VLAConfig, backbone=None, **kwargs):  # make_policy: dataset_stats=, ...
+        """`backbone`: an adapters backbone built elsewhere (bench/bench_gpu.py's random 7B); default: built by
+        adapters from the config."""
         super().__init__(config)
         config.validate_features()
         self.config = config
+        self.amp = resolve_amp(config)
         # Building the policy draws nothing from the global RNG, and the head's init does not depend on what the
         # backbone's construction drew (LoRA init, ...): under one seed every backbone gets the same head init
         # and lerobot-train's sampler the same data order.
         entry = torch.get_rng_state()
         with torch.random.fork_rng(devices=[]):
-            backbone = build_backbone(config.backbone_config())
+            backbone = backbone if backbone is not None else build_backbone(config.backbone_config())
             torch.set_rng_state(entry)
             head = make_head(
                 config.head, head_overrides(config), backbone.hidden_size, config.state_dim, config.action_dim
@@ -77,17 +82,29 @@ class R1VLAPolicy(PreTrainedPolicy):
         self._queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
 
     def get_optim_params(self) -> list[dict]:
-        """Head at `optimizer_lr`; a trainable backbone (lora/full) at `optimizer_backbone_lr_scale` x that."""
-        head, backbone = [], []
+        """Parameter groups: the head at `optimizer_lr`; LoRA adapters at `lora_lr`; a full backbone at
+        `optimizer_backbone_lr_scale` x `optimizer_lr`. Weight decay skips biases, norms and learned tokens."""
+        c = self.config
+        backbone_lr = (
+            c.lora_lr if c.backbone_mode == "lora" else c.optimizer_lr * c.optimizer_backbone_lr_scale
+        )
+        groups: dict[tuple[str, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (backbone if name.startswith("model.backbone.") else head).append(p)
-        groups = [{"params": head}]
-        if backbone:
-            groups.append(
-                {"params": backbone, "lr": self.config.optimizer_lr * self.config.optimizer_backbone_lr_scale}
-            )
-        return groups
+                part = "backbone" if name.startswith("model.backbone.") else "head"
+                decay = p.ndim >= 2 and not name.endswith(NO_DECAY_TOKENS)
+                groups.setdefault((part, decay), []).append(p)
+        out = []
+        for (part, decay), params in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] != "head", not kv[0][1])
+        ):
+            group = {"params": params, "name": f"{part}{'' if decay else '_no_decay'}"}
+            if part == "backbone":
+                group["lr"] = backbone_lr
+            if not decay:
+                group["weight_decay"] = 0.0
+            out.append(group)
+        return out  # the head's decayed group first: lerobot-train logs param_groups[0]["lr"]
 
     def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
         seen = self.identity["first_batch_indices"]
@@ -98,8 +115,9 @@ class R1VLAPolicy(PreTrainedPolicy):
         inputs = self._model_inputs(batch)
         inputs["actions"] = batch[ACTION]  # (B, H, A) normalised
         inputs["action_is_pad"] = batch.get(f"{ACTION}_is_pad")  # (B, H) bool or None
-        loss, info = self.model.loss(inputs)
-        return loss, info
+        with self._autocast():
+            loss, info = self.model.loss(inputs)
+        return loss.float(), info
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -107,12 +125,17 @@ class R1VLAPolicy(PreTrainedPolicy):
     ) -> Tensor:
         """(B, H, A) normalised actions. `generators`: one torch.Generator per row for the flow head's noise (one
         batched call then equals per-row calls; eval_libero.runner passes each episode's own)."""
-        actions = self.model.sample(self._model_inputs(batch), generator=generators)  # (B, H, A) normalised
+        with self._autocast():
+            actions = self.model.sample(
+                self._model_inputs(batch), generator=generators
+            )  # (B, H, A) normalised
         if not torch.isfinite(actions).all():
             raise FloatingPointError(
                 f"r1vla produced non-finite actions ({int((~torch.isfinite(actions)).sum())} values); refusing to "
                 "send them to a robot. Check the checkpoint and the normalisation stats."
             )
+        if self.config.binarize_gripper:  # min-max normalised: -1 / +1 are the dataset's open / closed values
+            actions[..., -1] = torch.where(actions[..., -1] > 0, 1.0, -1.0).to(actions.dtype)
         return actions
 
     @torch.no_grad()
@@ -133,10 +156,18 @@ class R1VLAPolicy(PreTrainedPolicy):
                 f"r1vla reads cameras {list(self.config.image_keys)}; missing {missing}, found {found}; {RENAME_HINT}"
             )
         images = torch.stack([batch[k] for k in self.config.image_keys], dim=1)  # (B, V, 3, H, W) in [0, 1]
+        if self.config.augment:  # random crop + jitter in training; the same crop, centred, at inference
+            c = self.config.augment_crop
+            images = augment(images, self.config) if self.training else center_crop(images, c)
         texts = batch.get(PROMPT_KEY)
         if texts is None:
             raise KeyError("r1vla needs the prompt built by its preprocessor (`r1vla_prompt_processor`)")
         return {"images": images, "texts": list(texts), "state": batch[OBS_STATE]}
+
+    def _autocast(self):
+        """bf16 autocast of backbone and head (`amp`); trainable weights stay fp32."""
+        device = next(self.model.head.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp == "bf16")
 
     # --- checkpoints: head + trainable backbone weights only ----------------------------------------------
     def _frozen_keys(self) -> set[str]:
@@ -151,6 +182,8 @@ class R1VLAPolicy(PreTrainedPolicy):
             "first_batch_indices_sha256": hashlib.sha256(json.dumps(batches).encode()).hexdigest()[:16],
             "backbone": self.config.backbone,
             "backbone_path": self.config.backbone_path,
+            "attn_implementation": self.model.backbone.model.config._attn_implementation,
+            "amp": self.amp,
         }
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -227,3 +260,13 @@ def check_backbone(model: R1VLAPolicy, folder: Path) -> None:
     if not cfg.allow_backbone_mismatch:
         raise ValueError(message)
     logging.warning("r1vla: %s (allowed)", message)
+
+
+def resolve_amp(config: R1VLAConfig) -> str:
+    """`auto` -> bf16 on CUDA, none on CPU. `bf16` on CPU runs CPU bf16 autocast (slow; meant for tests of the
+    plumbing), with a warning: never a silent fallback, never fp16."""
+    cuda = str(config.device or "").startswith("cuda")
+    amp = ("bf16" if cuda else "none") if config.amp == "auto" else config.amp
+    if amp == "bf16" and not cuda:
+        logging.warning("r1vla: amp=bf16 on device %r: CPU bf16 autocast (slow; for tests)", config.device)
+    return amp
