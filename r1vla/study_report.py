@@ -59,7 +59,8 @@ def render_report(study, data: dict, cmp: dict) -> str:
         "",
         "L1 in action units over the executed part of each predicted chunk, on held-out demonstrations. The "
         "mean-action baseline always predicts the training mean action: a policy must beat it to have learned "
-        "anything from the observations.",
+        "anything from the observations. Untrained: the same policy config with a freshly initialised head (torch "
+        "seed 0: one reference per backbone, whatever the training seed).",
         "",
         "| backbone | seed | trained L1 | untrained L1 | frames |",
         "|---|---|---|---|---|",

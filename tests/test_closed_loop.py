@@ -1,0 +1,31 @@
+"""The closed-loop check at one start state (bench/closed_loop.py's memorization half, CI-sized): a policy trained
+here by lerobot-train on two noisy expert demos from official init state 0 of libero_object task 0 must succeed
+from that state in `r1vla eval` under the standard step cap. Any mismatch between the training and evaluation
+conventions (image flip, normalisation, chunk order, gripper sign, observation/action alignment) fails it.
+~6 minutes on 2 cores: marked slow, run before every stop (`pytest -m slow`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _closed_loop():
+    spec = importlib.util.spec_from_file_location("closed_loop", REPO / "bench/closed_loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.libero
+def test_policy_trained_here_succeeds_from_its_training_start(tmp_path):
+    cl = _closed_loop()
+    data = cl.demos(tmp_path / "demos", 2, "0", workers=2)
+    ckpt = cl.train(data, tmp_path / "train", steps=2500, seed=1)
+    successes, n = cl.evaluate(ckpt, tmp_path / "eval", "0", workers=1)
+    assert (successes, n) == (1, 1)
