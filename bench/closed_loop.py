@@ -119,7 +119,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="work folder (re-run the same command to resume)")
     p.add_argument("--full", action="store_true", help="held-out evaluation on all 50 official init states")
     p.add_argument("--heldout", type=int, default=10, help="official init states of the held-out evaluation")
-    p.add_argument("--demos", type=int, default=20, help="demos of each half")
+    p.add_argument("--demos", type=int, default=20, help="demos per half (4 per init state)")
     p.add_argument("--memorize-steps", type=int, default=6000)
     p.add_argument("--heldout-steps", type=int, default=6000)
     p.add_argument("--workers", type=int, default=2)

@@ -275,46 +275,38 @@ def _suites(*names: str) -> tuple[str, ...]:
 TINY_SFT = {"steps": 40, "lr": 5e-3, "batch": 8, "micro_batch": 8, "limit": 16}
 TINY_GRPO = {"steps": 2, "lr": 1e-5, "batch": 2, "micro_batch": 1, "limit": 8, "max_completion_length": 16}
 
-PRESETS: dict[str, StudyConfig] = {
-    # Robot-R1 App. F: GR00T-N1.5-style flow head on a frozen Qwen2.5-VL-7B, batch 32, 60k steps, 4 suites,
-    # standard protocol, 10 tasks x 50 init states; GR00T's LIBERO augmentation; 3 training seeds per backbone
-    # (6 trainings of 60k x 32: see bench/bench_gpu.py for the hours per training on one GPU); every
-    # checkpoint on the 4 suites and their 4 LIBERO-PRO variants (10,000 episodes each). Needs GPUs and the
-    # two checkpoints.
-    "paper": StudyConfig(
-        name="paper",
-        backbones=(BackboneSpec("robot_r1", "robot_r1"), BackboneSpec("sft", "sft")),
-        baseline="sft",
-        data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
-        policy={"head": "flow", "backbone_mode": "frozen", "augment": True},
-        train=TrainSpec(steps=60000, batch_size=32, seeds=(42, 43, 44)),
-        eval=EvalSpec(
-            suites=_suites("spatial", "object", "goal", "long"),
-            seeds=(7,),
-            workers=8,
-            perturbations=("lan", "object", "swap", "task"),
-        ),
+# Robot-R1 App. F: GR00T-N1.5-style flow head on a frozen Qwen2.5-VL-7B, batch 32, 60k steps, 4 suites, standard
+# protocol, 10 tasks x 50 init states; GR00T's LIBERO augmentation; 3 training seeds per backbone (6 trainings of
+# 60k x 32: see bench/bench_gpu.py for the hours per training on one GPU); every checkpoint on the 4 suites and
+# their 4 LIBERO-PRO variants (10,000 episodes each). Needs GPUs and the two checkpoints.
+PAPER = StudyConfig(
+    name="paper",
+    backbones=(BackboneSpec("robot_r1", "robot_r1"), BackboneSpec("sft", "sft")),
+    baseline="sft",
+    data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
+    policy={"head": "flow", "backbone_mode": "frozen", "augment": True},
+    train=TrainSpec(steps=60000, batch_size=32, seeds=(42, 43, 44)),
+    eval=EvalSpec(
+        suites=_suites("spatial", "object", "goal", "long"),
+        seeds=(7,),
+        workers=8,
+        perturbations=("lan", "object", "swap", "task"),
     ),
+)
+
+PRESETS: dict[str, StudyConfig] = {
+    "paper": PAPER,
     # Robot-R1 and its SFT twin built here from the same base and the same questions (Robot-R1's MCQA from the
     # hub's LIBERO data; GRPO at the paper's settings: 5 samples, T=1.0, lr 1e-6, batch 128, 5 epochs), the base
-    # model as a third arm, then the `paper` policy and evaluation. Needs GPUs (the paper: ~12 h on 4 A100 for
-    # GRPO alone).
-    "paper-r1": StudyConfig(
+    # model as a third arm, then the `paper` policy and evaluation. Needs GPUs (GRPO on the 7B: several GPU-hours).
+    "paper-r1": dataclasses.replace(
+        PAPER,
         name="paper-r1",
+        policy=dict(PAPER.policy),  # its own dict: nothing shared and mutable between presets
         backbones=(
             BackboneSpec("robot_r1", "robot_r1", build="grpo", base="Qwen/Qwen2.5-VL-7B-Instruct"),
             BackboneSpec("sft", "sft", build="sft", base="Qwen/Qwen2.5-VL-7B-Instruct"),
             BackboneSpec("base", "qwen2_5_vl"),
-        ),
-        baseline="sft",
-        data=DataSpec(source="hub", repo_id="HuggingFaceVLA/libero", heldout_per_task=1),
-        policy={"head": "flow", "backbone_mode": "frozen", "augment": True},
-        train=TrainSpec(steps=60000, batch_size=32, seeds=(42, 43, 44)),
-        eval=EvalSpec(
-            suites=_suites("spatial", "object", "goal", "long"),
-            seeds=(7,),
-            workers=8,
-            perturbations=("lan", "object", "swap", "task"),
         ),
     ),
     # The embedded default: both arms built here from the same tiny random Qwen2.5-VL and the same questions

@@ -1,8 +1,9 @@
-"""The closed-loop check at one start state (bench/closed_loop.py's memorization half, CI-sized): a policy trained
-here by lerobot-train on two noisy expert demos from official init state 0 of libero_object task 0 must succeed
-from that state in `r1vla eval` under the standard step cap. Any mismatch between the training and evaluation
-conventions (image flip, normalisation, chunk order, gripper sign, observation/action alignment) fails it.
-~6 minutes on 2 cores: marked slow, run before every stop (`pytest -m slow`)."""
+"""The closed-loop check at one start state (bench/closed_loop.py's memorization half, one state): a policy trained
+here by lerobot-train on four noisy expert demos from official init state 1 of libero_object task 0, with the
+script's recipe and step count, must succeed from that state in `r1vla eval` under the standard step cap. Any
+mismatch between the training and evaluation conventions (image flip, normalisation, chunk order, gripper sign,
+observation/action alignment) fails it. 11 minutes on 2 cores (2 demos and 2,500 steps were too few: 0/1):
+marked slow, run before every stop (`pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ def _closed_loop():
 
 @pytest.mark.slow
 @pytest.mark.libero
+@pytest.mark.timeout(2400)
 def test_policy_trained_here_succeeds_from_its_training_start(tmp_path):
     cl = _closed_loop()
-    data = cl.demos(tmp_path / "demos", 2, "0", workers=2)
-    ckpt = cl.train(data, tmp_path / "train", steps=2500, seed=1)
-    successes, n = cl.evaluate(ckpt, tmp_path / "eval", "0", workers=1)
+    data = cl.demos(tmp_path / "demos", 4, "1", workers=2)
+    ckpt = cl.train(data, tmp_path / "train", steps=6000, seed=1)
+    successes, n = cl.evaluate(ckpt, tmp_path / "eval", "1", workers=1)
     assert (successes, n) == (1, 1)
