@@ -47,12 +47,16 @@ CHECKPOINT_KEY_MAPPING = {
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _on_cuda(device: str | None) -> bool:
+    """Whether the backbone will live on a GPU: `device` when given, else whether one is present."""
+    return torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+
+
 def resolve_dtype(name: str, mode: str = "frozen", device: str | None = None) -> torch.dtype:
     """`auto`: bfloat16 on CUDA for a frozen or LoRA backbone (its trainable adapters are cast to fp32), float32
     in `full` mode (trainable weights stay fp32; bf16 compute comes from autocast) and on CPU."""
     if name == "auto":
-        cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-        return torch.bfloat16 if cuda and mode != "full" else torch.float32
+        return torch.bfloat16 if _on_cuda(device) and mode != "full" else torch.float32
     return _TORCH_DTYPES[name]
 
 
@@ -60,8 +64,7 @@ def resolve_attention(name: str, device: str | None = None) -> str:
     """`auto`: flash_attention_2 on CUDA when the flash-attn package is installed, else sdpa."""
     if name != "auto":
         return name
-    cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    return "flash_attention_2" if _on_cuda(device) and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def load_qwen2_5_vl(path: str, cfg: BackboneConfig) -> tuple[Qwen2_5_VLModel, object]:

@@ -14,8 +14,8 @@ import numpy as np
 TOLERANCE = 1e-4
 
 
-def provenance(root: str | None) -> str:
-    """One sentence on where the dataset's episodes started (for the report)."""
+def _recorded(root: str | None) -> tuple[dict, dict[int, np.ndarray]] | str:
+    """(r1vla metadata, episode -> start state) of a local dataset, or why there are none."""
     from demos.dataset import load_meta, load_start_states
 
     if root is None:
@@ -23,11 +23,19 @@ def provenance(root: str | None) -> str:
             "unknown: a hub dataset records no start states, so overlap with evaluation states is not checked"
         )
     try:
-        meta = load_meta(root)
+        return load_meta(root), load_start_states(root)
     except ValueError:
         return "unknown: the dataset has no r1vla metadata (meta/r1vla_demos.json), overlap is not checked"
+
+
+def provenance(root: str | None) -> str:
+    """One sentence on where the dataset's episodes started (for the report)."""
+    rec = _recorded(root)
+    if isinstance(rec, str):
+        return rec
+    meta, starts = rec
     cfg = meta.get("config") or {}
-    n = len(load_start_states(root))
+    n = len(starts)
     if cfg.get("source") == "scripted_expert":
         how = {
             "randomized": "LIBERO's randomized placement (seeded per episode)",
@@ -41,15 +49,10 @@ def training_starts(
     root: str | None, episodes: list[int]
 ) -> dict[tuple[str, int], list[tuple[int, np.ndarray]]]:
     """(suite, task) -> [(episode, start state)] of the given training episodes that recorded a start."""
-    from demos.dataset import load_meta, load_start_states
-
-    if root is None:
+    rec = _recorded(root)
+    if isinstance(rec, str):
         return {}
-    try:
-        meta = load_meta(root)
-    except ValueError:
-        return {}
-    starts, wanted = load_start_states(root), set(episodes)
+    (meta, starts), wanted = rec, set(episodes)
     out: dict[tuple[str, int], list] = {}
     for e in meta["episodes"]:
         i = e["episode_index"]

@@ -215,22 +215,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     other.add_frame({"foo": np.zeros(2, np.float32), "task": "x"})
     other.save_episode()
     other.finalize()
-    assert (
-        main(
-            [
-                "demos",
-                "--suites",
-                "object",
-                "--tasks",
-                "0",
-                "--episodes-per-task",
-                "1",
-                "--out",
-                str(tmp_path / "other"),
-            ]
-        )
-        == 2
-    )
+    assert main([*args[:-1], str(tmp_path / "other")]) == 2
     assert "other features" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 

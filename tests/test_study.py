@@ -139,19 +139,14 @@ def smallest(out_name: str = "study") -> study_config.StudyConfig:
     )
 
 
+def _last_checkpoint(out: Path, label: str = "robot_r1", seed: int = 42) -> Path:
+    return out / "train" / label / f"seed{seed}" / "checkpoints" / "last" / "pretrained_model"
+
+
 def _kill_after_first_checkpoint(cfg, out: Path, tmp: Path) -> None:
     """Run the study as a user would and kill -9 it (all its processes) once the first arm saved a checkpoint."""
     (tmp / "study.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    first = (
-        out
-        / "train"
-        / "robot_r1"
-        / "seed42"
-        / "checkpoints"
-        / "last"
-        / "pretrained_model"
-        / "train_config.json"
-    )
+    first = _last_checkpoint(out) / "train_config.json"
     cmd = [str(REPO / ".venv/bin/r1vla"), "study", "--config", str(tmp / "study.yaml"), "--out", str(out)]
     with open(tmp / "study.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
@@ -188,16 +183,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert any("train/robot_r1/seed42: resuming from" in line for line in logs)
     trained = json.loads((out / "stages" / "train__robot_r1__seed42.json").read_text())
     assert trained["resumed"] and trained["steps"] == 60 and not list(out.rglob("*.incomplete-*"))
-    ckpt = (
-        out
-        / "train"
-        / "robot_r1"
-        / "seed42"
-        / "checkpoints"
-        / "last"
-        / "pretrained_model"
-        / "model.safetensors"
-    )
+    ckpt = _last_checkpoint(out) / "model.safetensors"
     before = ckpt.stat().st_mtime_ns
     logs.clear()
     report = Study(cfg, out, log=logs.append).run()  # resumes: nothing complete is redone
