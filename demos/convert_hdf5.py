@@ -92,7 +92,7 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
 
 def convert_direct(g, size: int | None, keep_noops: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Arrays of one demo read straight from the file; returns (arrays, kept pair indices into obs)."""
-    from demos.generate import NOOP_EPS
+    from demos.attempt import NOOP_EPS
     from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, upright
 
     actions = np.asarray(g["actions"], np.float32)
@@ -119,7 +119,7 @@ def convert_direct(g, size: int | None, keep_noops: bool) -> tuple[dict[str, np.
 
 def convert_rerender(sim, g) -> dict[str, np.ndarray] | None:
     """OFT-style regeneration of one demo in a rendered env; None if the replay does not succeed."""
-    from demos.generate import drop_noops
+    from demos.attempt import drop_noops
     from demos.replay import reset_to
     from eval_libero.sim import frame_from_obs
 

@@ -5,6 +5,7 @@ Layout of an output folder (a plain local LeRobotDataset plus two things of ours
     meta/r1vla_demos.json        our metadata: config, every attempt (success or not), per-episode origin
                                  (suite, task_id, start, init_state_index, seed, ...), per-task expert success
     meta/start_states.npz        episode_<index> -> the flattened MuJoCo state the episode started from
+    meta/executed_actions.npz    episode_<index> -> (T, 7) actions executed, where `action` holds other labels
     r1vla_staging/               finished attempts not yet in the dataset: <key>.attempt.json (+ <key>.npz)
 
 Crash safety: workers stage each finished attempt atomically (npz, then json). `commit()` moves staged
@@ -37,8 +38,11 @@ _NEW = ".r1vla_new_dataset"  # where a first commit creates the dataset before m
 _MARKER = "commit_in_progress.marker"
 _BACKUP = "commit_backup"
 ARRAYS = {IMAGE_KEY: "image", WRIST_KEY: "image2", STATE_KEY: "state", "action": "action"}
-START_STATE = "start_state"  # staged beside the frames; committed into START_STATES
 START_STATES = "start_states.npz"  # meta/start_states.npz: episode_<index> -> flattened start sim state
+EXECUTED_ACTIONS = (
+    "executed_actions.npz"  # meta/executed_actions.npz: episode_<index> -> (T, 7) executed actions
+)
+SIDE = {"start_state": START_STATES, "executed": EXECUTED_ACTIONS}  # staged beside the frames -> meta file
 
 
 def features(image_size: int = 256, videos: bool = False) -> dict:
@@ -80,15 +84,18 @@ def stage_attempt(
     record: dict,
     arrays: dict[str, np.ndarray] | None = None,
     start_state: np.ndarray | None = None,
+    executed: np.ndarray | None = None,
 ) -> None:
     """Atomically stage one finished attempt: frames first (if any), then the record that points at them.
     `arrays` maps feature keys to (T, ...) arrays; `start_state` is the flattened sim state the episode started
-    from (committed into meta/start_states.npz). Safe to call from worker processes."""
+    from (committed into meta/start_states.npz), `executed` the actions executed when `arrays["action"]` holds
+    other labels (into meta/executed_actions.npz). Safe to call from worker processes."""
     name = record["key"].replace("/", "__")
     if arrays is not None:
         tmp = staging / f"{name}.tmp.npz"
-        start = {} if start_state is None else {START_STATE: np.asarray(start_state, np.float64)}
-        np.savez(tmp, **{ARRAYS[k]: v for k, v in arrays.items()}, **start)
+        side = {"start_state": np.asarray(start_state, np.float64)} if start_state is not None else {}
+        side |= {"executed": np.asarray(executed, np.float32)} if executed is not None else {}
+        np.savez(tmp, **{ARRAYS[k]: v for k, v in arrays.items()}, **side)
         os.replace(tmp, staging / f"{name}.npz")
         record = {**record, "staged": f"{name}.npz"}
     _write_json(staging / f"{name}.attempt.json", record)
@@ -252,12 +259,13 @@ class DemoStore:
         if episodes:
             ds = self._open(use_videos=self.feats[IMAGE_KEY]["dtype"] == "video")
             first = ds.meta.total_episodes
-            starts = {}
+            side: dict[str, dict] = {k: {} for k in SIDE}
             for i, rec in enumerate(episodes):
                 with np.load(self.staging / rec["staged"]) as z:
                     arrays = {k: z[v] for k, v in ARRAYS.items()}
-                    if START_STATE in z:
-                        starts[f"episode_{first + i}"] = z[START_STATE]
+                    for k in SIDE:
+                        if k in z:
+                            side[k][f"episode_{first + i}"] = z[k]
                 for t in range(len(arrays["action"])):
                     ds.add_frame({k: v[t] for k, v in arrays.items()} | {"task": rec["task"]})
                 ds.save_episode()
@@ -273,10 +281,12 @@ class DemoStore:
                 shutil.rmtree(new)
             shutil.rmtree(self.root / "images", ignore_errors=True)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
-        if episodes and starts:  # inside the transaction: a crash restores the backed-up file
-            path = self.root / "meta" / START_STATES
+        for k, new in side.items() if episodes else ():  # inside the transaction: a crash restores the backup
+            if not new:
+                continue
+            path = self.root / "meta" / SIDE[k]
             with np.load(path) if path.exists() else contextlib.nullcontext({}) as old:
-                merged = {k: old[k] for k in old} | starts
+                merged = {e: old[e] for e in old} | new
             tmp = path.with_name(".tmp_" + path.name)
             np.savez(tmp, **merged)
             os.replace(tmp, path)
@@ -311,7 +321,12 @@ def load_meta(root: str | Path) -> dict:
 
 def load_start_states(root: str | Path) -> dict[int, np.ndarray]:
     """episode index -> start sim state, from meta/start_states.npz ({} when the dataset records none)."""
-    path = Path(root) / "meta" / START_STATES
+    return load_episode_arrays(root, START_STATES)
+
+
+def load_episode_arrays(root: str | Path, name: str) -> dict[int, np.ndarray]:
+    """episode index -> array, from the per-episode meta file `name` (one of SIDE's; {} when absent)."""
+    path = Path(root) / "meta" / name
     if not path.exists():
         return {}
     with np.load(path) as z:

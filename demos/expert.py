@@ -237,6 +237,9 @@ class Expert:
 @dataclass(frozen=True)
 class ExpertRun:
     actions: np.ndarray  # (T, 7) float32, every action executed, noise included
+    labels: (
+        np.ndarray
+    )  # (T, 7) float32, the expert's action before the noise (DART's label; = actions if noise 0)
     states: np.ndarray  # (T, 8) float32, the dataset state before each action
     success: bool
     reason: str  # "" on success, else why it failed
@@ -256,7 +259,7 @@ def run_expert(sim, init_index: int | None, max_steps: int, noise: float = 0.0, 
     rng = np.random.default_rng(seed)
     obs = sim.reset(init_index, seed=seed)
     start_state = sim.start_state
-    actions, states = [], []
+    actions, labels, states = [], [], []
     try:
         expert = Expert(sim.env, sim.info.bddl_file)
     except UnsupportedTask as e:
@@ -269,6 +272,7 @@ def run_expert(sim, init_index: int | None, max_steps: int, noise: float = 0.0, 
             except UnsupportedTask as e:
                 reason = f"unsupported: {e}"
                 break
+            labels.append(a.astype(np.float32))
             if noise > 0:
                 a[:6] = np.clip(a[:6] + rng.normal(0.0, noise, 6), -1.0, 1.0)
             a = a.astype(np.float32)
@@ -282,6 +286,7 @@ def run_expert(sim, init_index: int | None, max_steps: int, noise: float = 0.0, 
             reason += f" (stopped at {expert.phase})"
     return ExpertRun(
         np.asarray(actions, np.float32).reshape(-1, 7),
+        np.asarray(labels, np.float32).reshape(-1, 7),
         np.asarray(states, np.float32).reshape(-1, 8),
         reason == "",
         reason,

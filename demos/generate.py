@@ -1,7 +1,7 @@
 """`r1vla demos`: LIBERO demonstrations from the scripted expert, as a local LeRobotDataset v3 (hub schema).
 
     r1vla demos --suites object,spatial,goal,long [--tasks 0,3] --episodes-per-task 50 --out data/libero_demos \
-        [--workers 2] [--seed 0] [--noise 0.0] [--videos] [--official-init-states]
+        [--workers 2] [--seed 0] [--noise 0.0 [--labels expert]] [--videos] [--official-init-states]
 
 Per task, attempt k has the seed f(seed, suite, task, k), which seeds LIBERO's reset (the randomized placement
 of the task's objects in their BDDL regions, and the fixtures) and the expert's noise. Episodes therefore start
@@ -11,7 +11,8 @@ training start by accident. `--official-init-states` starts attempt k from offic
 (only for memorization checks: the evaluation uses these very states). Attempts run in waves until `--episodes-per-task` succeed or `--max-attempts` were made (the set of attempts is
 deterministic). Fast path: the expert runs without rendering (~20x faster per step); only a successful plan is
 replayed, no-ops dropped (OpenVLA's rule), in a rendered env from the same init state to record the frames.
-The replay must reproduce the plan (same states, success), else the attempt counts as failed.
+The replay must reproduce the plan (same states, success), else the attempt counts as failed. With `--noise`,
+`--labels expert` records the expert's action before the noise instead of the executed one (DART; demos/attempt.py).
 Interrupt at will: re-running the same command keeps what was saved and continues. `--plan-only` measures the
 expert's per-task success (unrendered, nothing written; docs/EXPERT_SUCCESS.md).
 """
@@ -22,17 +23,13 @@ import argparse
 import concurrent.futures as cf
 import multiprocessing
 import sys
-import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+from demos.attempt import LABELS, NOOP_EPS, Job, episode_seed, plan_only, run_attempt
+from eval_libero.suites import IMAGE_SIZE, N_INIT_STATES, max_steps, parse_index_list, parse_suites
 
-from eval_libero.suites import N_INIT_STATES, max_steps, parse_index_list, parse_suites
-
-NOOP_EPS = 1e-4
 EXPERT_VERSION = 1  # bump when the expert's behaviour changes (it is part of the dataset's config)
 
 
@@ -54,38 +51,8 @@ class DemoConfig:
     init_states: str | None = (
         None  # with official_init_states: the ones attempts cycle through (None = all 50)
     )
-
-
-@dataclass(frozen=True)
-class Job:
-    suite: str
-    task_id: int
-    attempt: int
-    seed: int
-    noise: float
-    max_steps: int
-    init_state: int | None = None  # official init state to start from; None = LIBERO's randomized placement
-
-    @property
-    def key(self) -> str:
-        return f"{self.suite}/{self.task_id}/{self.attempt}"
-
-
-def episode_seed(seed: int, suite: str, task_id: int, attempt: int) -> int:
-    return int(
-        np.random.SeedSequence([seed, zlib.crc32(suite.encode()), task_id, attempt]).generate_state(1)[0]
-    )
-
-
-def drop_noops(actions: np.ndarray) -> np.ndarray:
-    """OpenVLA/OFT's rule: drop a[t] if |a[:6]| < 1e-4 and its gripper equals the last kept one's."""
-    keep, last_g = [], None
-    for a in actions:
-        if np.linalg.norm(a[:6]) < NOOP_EPS and (last_g is None or a[6] == last_g):
-            continue
-        keep.append(a)
-        last_g = a[6]
-    return np.stack(keep) if keep else actions[:0]
+    labels: str = "executed"  # the `action` column: executed actions, or the expert's before noise (DART)
+    image_size: int = IMAGE_SIZE  # camera resolution of the frames (the evaluation renders the policy's)
 
 
 def next_attempts(done: dict[int, bool], n: int, max_attempts: int) -> list[int]:
@@ -101,104 +68,6 @@ def next_attempts(done: dict[int, bool], n: int, max_attempts: int) -> list[int]
         if ok >= n or wave.stop >= max_attempts:
             return []
         start, size = wave.stop, n - ok
-
-
-# --- worker side -------------------------------------------------------------------------------------------
-_SIMS: dict = {}
-
-
-def _sim(suite: str, task_id: int, render: bool):
-    """One planning and one rendering env per worker, for the task at hand (others are closed)."""
-    from eval_libero.sim import LiberoSim
-
-    for k in [k for k in _SIMS if k[:2] != (suite, task_id)]:
-        _SIMS.pop(k).close()
-    if (suite, task_id, render) not in _SIMS:
-        _SIMS[(suite, task_id, render)] = LiberoSim(suite, task_id, render=render)
-    return _SIMS[(suite, task_id, render)]
-
-
-def _replay(sim, start_state: np.ndarray, seed: int, actions: np.ndarray, frames: bool):
-    """Execute `actions` from `start_state` (fixtures placed by `seed`, as in run_expert); returns (states before
-    each action, frames or [], first success step or -1, eef position after the last executed action)."""
-    from eval_libero.sim import frame_from_obs, state_from_obs
-
-    obs, states, images, hit = sim.reset(seed=seed, start_state=start_state), [], [], -1
-    for t, a in enumerate(actions):
-        f = frame_from_obs(obs) if frames else {"observation.state": state_from_obs(obs)}
-        images += [f] if frames else []
-        states.append(f["observation.state"])
-        obs, success = sim.step(a)
-        if success:
-            hit = t
-            break
-    return np.stack(states), images, hit, obs["robot0_eef_pos"].copy()
-
-
-def plan_attempt(
-    job: Job,
-) -> tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """Run the expert unrendered and drop no-ops; if any were dropped, check (unrendered: cheap) that the kept
-    actions still succeed. Returns (record, kept actions, reference states, reference final eef, start state);
-    the middle arrays are None when the attempt failed (record["reason"] says why)."""
-    from demos.expert import run_expert
-
-    sim = _sim(job.suite, job.task_id, False)
-    init = job.init_state
-    rec = {
-        "key": job.key,
-        "task_key": f"{job.suite}/{job.task_id}",
-        "suite": job.suite,
-        "task_id": job.task_id,
-    }
-    rec |= {"task": sim.info.language, "attempt": job.attempt, "seed": job.seed}
-    rec |= {"start": "official" if job.init_state is not None else "random"} | (
-        {} if init is None else {"init_state_index": init}
-    )
-    rec |= {"wait_steps": 10, "success": False, "reason": ""}
-    t0 = time.time()
-    run = run_expert(sim, init, job.max_steps, job.noise, job.seed)
-    rec.update(planned_steps=len(run.actions), plan_s=round(time.time() - t0, 2))
-    if not run.success:
-        return rec | {"reason": run.reason}, None, None, None, run.start_state
-    kept, ref_states, ref_eef = drop_noops(run.actions), run.states, run.final_eef
-    if len(kept) < len(run.actions):
-        ref_states, _, hit, ref_eef = _replay(sim, run.start_state, job.seed, kept, frames=False)
-        if hit < 0:
-            return rec | {"reason": "success lost after dropping no-ops"}, None, None, None, run.start_state
-        kept, ref_states = kept[: hit + 1], ref_states[: hit + 1]
-    return rec, kept, ref_states, ref_eef, run.start_state
-
-
-def run_attempt(job: Job, staging: str) -> dict:
-    """Plan one attempt unrendered; if it succeeds, re-render its kept actions and stage the episode."""
-    from demos.dataset import stage_attempt
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
-
-    rec, kept, ref_states, ref_eef, start = plan_attempt(job)
-    if kept is None:
-        stage_attempt(Path(staging), rec)
-        return rec
-    t1 = time.time()
-    states, frames, hit, eef = _replay(_sim(job.suite, job.task_id, True), start, job.seed, kept, True)
-    n = min(len(states), len(ref_states))
-    dev = float(max(np.abs(states[:n] - ref_states[:n]).max(initial=0.0), np.abs(eef - ref_eef).max()))
-    rec.update(render_s=round(time.time() - t1, 2), kept_steps=len(kept), replay_max_dev=dev)
-    if hit != len(kept) - 1 or dev > 1e-6:  # physics must not depend on rendering
-        rec["reason"] = f"rendered replay diverged (success at step {hit}, max deviation {dev:.2e})"
-        stage_attempt(Path(staging), rec)
-        return rec
-    arrays = {k: np.stack([f[k] for f in frames]) for k in (IMAGE_KEY, WRIST_KEY, STATE_KEY)}
-    arrays["action"] = kept.astype(np.float32)
-    rec.update(success=True, length=len(kept))
-    stage_attempt(Path(staging), rec, arrays, start_state=start)
-    return rec
-
-
-def plan_only(job: Job) -> dict:
-    """`--plan-only`: one attempt's success (expert plan + no-op removal), without rendering or saving."""
-    rec, kept, _, _, _ = plan_attempt(job)
-    return rec | {"success": kept is not None, "max_steps": job.max_steps}
 
 
 # --- main process ------------------------------------------------------------------------------------------
@@ -219,7 +88,7 @@ def _job(cfg: DemoConfig, suite, task_id: int, attempt: int) -> Job:
     steps = max_steps(suite, cfg.protocol)
     inits = official_inits(cfg)
     init = inits[attempt % len(inits)] if cfg.official_init_states else None
-    return Job(suite.name, task_id, attempt, seed, cfg.noise, steps, init)
+    return Job(suite.name, task_id, attempt, seed, cfg.noise, steps, init, cfg.labels, cfg.image_size)
 
 
 def official_inits(cfg: DemoConfig) -> list[int]:
@@ -238,6 +107,14 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
     if cfg.episodes_per_task < 1:
         raise ValueError("--episodes-per-task must be >= 1")
     cap = cfg.max_attempts or 2 * cfg.episodes_per_task
+    if not 16 <= cfg.image_size <= 1024:
+        raise ValueError(
+            f"--image-size {cfg.image_size}: choose a camera resolution in 16-1024 (default 256)"
+        )
+    if cfg.labels not in LABELS:
+        raise ValueError(f"--labels {cfg.labels!r}: choose one of {', '.join(LABELS)}")
+    if cfg.labels == "expert" and cfg.noise == 0:
+        raise ValueError("--labels expert differs from the executed actions only with --noise > 0")
     if cfg.init_states is not None and not cfg.official_init_states:
         raise ValueError("--init-states selects official init states: it needs --official-init-states")
     n_inits = len(official_inits(cfg))
@@ -250,7 +127,7 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
         cap = min(cap, n_inits)
     store = DemoStore(
         cfg.out,
-        features(videos=cfg.videos),
+        features(image_size=cfg.image_size, videos=cfg.videos),
         repo_id=cfg.repo_id,
         config={
             "source": "scripted_expert",
@@ -262,6 +139,8 @@ def generate(cfg: DemoConfig, on_result: Callable[[dict], None] | None = None) -
             "noop_threshold": NOOP_EPS,
             "starts": "official_init_states" if cfg.official_init_states else "randomized",
             **({"init_states": cfg.init_states} if cfg.init_states else {}),
+            **({"labels": cfg.labels} if cfg.labels != "executed" else {}),  # older datasets: executed
+            **({"image_size": cfg.image_size} if cfg.image_size != IMAGE_SIZE else {}),
         },
     )
     done: dict[tuple[str, int], dict[int, bool]] = {(s.name, t): {} for s, t in tasks}
@@ -387,6 +266,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise on the 6 motion dims")
     p.add_argument(
+        "--labels",
+        default="executed",
+        help="the recorded action: 'executed' (noise included) or 'expert' (the expert's action before the noise, "
+        "DART-style; the executed ones go to meta/executed_actions.npz)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=IMAGE_SIZE,
+        help="camera resolution of the frames (default 256, as the hub datasets); a policy trained on them is "
+        "evaluated at the same resolution",
+    )
+    p.add_argument(
         "--videos",
         action="store_true",
         help="store AV1 MP4 videos instead of PNG frames (encoded with PyAV; read them back with "
@@ -417,7 +309,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fields = ("tasks", "episodes_per_task", "out", "workers", "seed", "noise", "videos", "max_attempts")
-    more = ("protocol", "commit_every", "repo_id", "official_init_states", "init_states")
+    more = (
+        "protocol",
+        "commit_every",
+        "repo_id",
+        "official_init_states",
+        "init_states",
+        "labels",
+        "image_size",
+    )
     cfg = DemoConfig(suites=tuple(args.suites.split(",")), **{k: getattr(args, k) for k in fields + more})
     try:
         if not (cfg.out or args.plan_only):

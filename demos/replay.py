@@ -4,7 +4,8 @@
 
 Each episode restarts from its recorded start (meta/start_states.npz, else the official init state
 `init_state_index` of meta/r1vla_demos.json; fixtures placed by its `seed`; then its wait steps), then applies
-the recorded actions one by one. At every step the recorded
+the recorded actions one by one (the executed ones of meta/executed_actions.npz where the `action` column holds
+the expert's labels, `r1vla demos --labels expert`). At every step the recorded
 `observation.state` is compared with the replayed one (max abs deviation reported), and with
 `--check-frames` (rendered, slow) the recorded images are compared with fresh renders. This catches gripper
 polarity, image orientation and state-definition bugs: any of them shows up as a failed replay or a
@@ -99,11 +100,11 @@ def replay(
 ) -> list[ReplayResult]:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from demos.dataset import load_meta, load_start_states
-    from eval_libero.sim import LiberoSim
+    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays, load_meta, load_start_states
+    from eval_libero.sim import IMAGE_KEY, LiberoSim
 
     meta = load_meta(root)
-    starts = load_start_states(root)
+    starts, executed = load_start_states(root), load_episode_arrays(root, EXECUTED_ACTIONS)
     ds = LeRobotDataset(meta.get("repo_id", "local/libero_demos"), root=root)
     recs = {r["episode_index"]: r for r in meta["episodes"]}
     wanted = parse_index_list(episodes, ds.meta.total_episodes, "episode")
@@ -117,8 +118,10 @@ def replay(
         if key not in sims:
             for s in sims.values():
                 s.close()
-            sims = {key: LiberoSim(rec["suite"], rec["task_id"], render=check_frames)}
+            size = ds.meta.features[IMAGE_KEY]["shape"][0]  # the recorded camera resolution
+            sims = {key: LiberoSim(rec["suite"], rec["task_id"], render=check_frames, size=size)}
         states, actions, images = load_episode(ds, e, check_frames)
+        actions = executed.get(e, actions)
         r = replay_episode(sims[key], rec, states, actions, images, starts.get(e))
         img = "" if r.max_image_dev is None else f"  max image dev {r.max_image_dev:.0f}/255"
         log(

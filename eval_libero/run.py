@@ -31,8 +31,8 @@ from eval_libero.checkpoint import (
     resolve_checkpoint,
     train_seed,
 )
-from eval_libero.plan import IMAGE_SIZE, EvalConfig, EvalError, plan_episodes, protocol_dict, versions
-from eval_libero.runner import PolicyRunner
+from eval_libero.plan import EvalConfig, EvalError, plan_episodes, protocol_dict, versions
+from eval_libero.runner import PolicyRunner, render_size
 from eval_libero.scheduler import EpisodeSpec, run_episodes, spec_key
 from eval_libero.suites import NUM_WAIT_STEPS, PROTOCOLS, SUITES
 
@@ -62,6 +62,10 @@ def evaluate(cfg: EvalConfig, log=print) -> Path:
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank on each node
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     policy_cfg = load_policy_config(ckpt, device, cfg.backbone_path, cfg.allow_backbone_mismatch)
+    try:  # cameras rendered at the resolution the policy was trained on (recorded in the protocol)
+        protocol = {**protocol, "image_size": render_size(policy_cfg)}
+    except ValueError as e:
+        raise EvalError(f"{ckpt}: {e}") from None
     backbone = getattr(policy_cfg, "backbone", None)
     label = cfg.label or (backbone if isinstance(backbone, str) else None) or policy_cfg.type
     meta = {  # equal for every episode of a run: a resume that differs is refused
@@ -168,7 +172,7 @@ def _run(cfg, run, ckpt, policy_cfg, meta, todo, known, own, rank, world, device
             cfg.workers,
             on_done,
             NUM_WAIT_STEPS,
-            IMAGE_SIZE,
+            meta["protocol"]["image_size"],
             cfg.worker_timeout,
             egl,
             log=bar.write,

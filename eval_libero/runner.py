@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eval_libero.suites import IMAGE_SIZE
+
 # LeRobot's LIBERO camera names -> the raw cameras they come from (lerobot.envs.libero's camera_name_mapping)
 CAMERA_OF_KEY = {
     "observation.images.image": "agentview_image",
@@ -46,6 +48,25 @@ def cameras_read(policy_cfg) -> tuple[str, ...]:
     if any(k not in CAMERA_OF_KEY for k in keys):
         return tuple(CAMERA_OF_KEY.values())
     return tuple(CAMERA_OF_KEY[k] for k in CAMERA_OF_KEY if k in keys)
+
+
+def render_size(policy_cfg) -> int:
+    """The camera resolution to render: the one the policy's image inputs were trained on (square, equal for all
+    its cameras); LIBERO's default 256 for a policy that declares none."""
+    shapes = {
+        tuple(f.shape)
+        for k, f in getattr(policy_cfg, "input_features", {}).items()
+        if k.startswith("observation.images.")
+    }
+    if not shapes:
+        return IMAGE_SIZE
+    sizes = {s[-1] for s in shapes if len(s) == 3 and s[-1] == s[-2]}
+    if len(sizes) != 1 or len(shapes) != 1:
+        raise ValueError(
+            f"the policy's cameras have shapes {sorted(shapes)}: LIBERO renders every camera at one square "
+            "resolution, so they must share one (C, S, S) shape"
+        )
+    return sizes.pop()
 
 
 class PolicyRunner:

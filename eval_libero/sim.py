@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval_libero.suites import DUMMY_ACTION, NUM_WAIT_STEPS, resolve_suite
+from eval_libero.suites import DUMMY_ACTION, IMAGE_SIZE, NUM_WAIT_STEPS, resolve_suite
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 IMAGE_KEY = "observation.images.image"  # agentview, third person
 WRIST_KEY = "observation.images.image2"  # robot0_eye_in_hand
 STATE_KEY = "observation.state"
-IMAGE_SIZE = 256
 STATE_NAMES = ["x", "y", "z", "axis_angle1", "axis_angle2", "axis_angle3", "gripper_qpos1", "gripper_qpos2"]
 ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
 

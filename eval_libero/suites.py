@@ -34,6 +34,7 @@ SUITES: dict[str, Suite] = {
 PROTOCOLS = ("standard", "lerobot044")
 N_INIT_STATES = 50  # official init states per task
 NUM_WAIT_STEPS = 10  # dummy steps after reset, while objects settle
+IMAGE_SIZE = 256  # camera resolution LIBERO renders by default, as the hub datasets
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # no motion, gripper open
 _ALIASES = {
     **{s.name: s.name for s in SUITES.values()},

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,66 +19,18 @@ from pathlib import Path
 import yaml
 
 from r1vla import study_config
+from r1vla.stages import StageFailed, StageRunner
 from r1vla.study_config import BackboneSpec, StudyConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class StageFailed(RuntimeError):
-    pass
+class Study(StageRunner):
+    """The study's stages, in order; bookkeeping (markers, resume, the config as run) in r1vla/stages.py."""
 
-
-class Study:
     def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print):
-        self.cfg, self.out, self.log = cfg, Path(out), log
-
-    # --- bookkeeping -------------------------------------------------------------------------------------------
-    def _marker(self, stage: str) -> Path:
-        return self.out / "stages" / f"{stage.replace('/', '__')}.json"
-
-    def done(self, stage: str) -> dict | None:
-        path = self._marker(stage)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def _finish(self, stage: str, result: dict) -> dict:
-        path = self._marker(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, path)  # atomic: a stage is either recorded complete or not at all
-        return result
-
-    def stage(self, name: str, fn: Callable[[], dict]) -> dict:
-        if (result := self.done(name)) is not None:
-            self.log(f"[study] {name}: complete, skipped")
-            return result
-        self.log(f"[study] {name}: running")
-        t0 = time.time()
-        try:
-            result = fn()
-        except Exception as e:
-            raise StageFailed(
-                f"stage {name!r} failed: {e}\nEarlier stages' outputs are intact under {self.out}; "
-                f"fix the cause and re-run the same command: it resumes at {name!r}."
-            ) from e
-        result["wall_s"] = round(time.time() - t0, 1)
-        return self._finish(name, result)
-
-    def write_config(self) -> None:
-        """The config as run, with versions, next to the results (a changed config is refused on resume)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "study_config.yaml"
-        new = self.cfg.to_dict()
-        if path.exists():
-            old = yaml.safe_load(path.read_text()).get("study")
-            if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ValueError(
-                    f"{self.out} holds a study with another config (fields differ: {diff}); "
-                    "use another --out, or the same config to resume"
-                )
-            return
-        path.write_text(yaml.safe_dump({"study": new, "environment": environment()}, sort_keys=False))
+        super().__init__(out, cfg.to_dict(), log)
+        self.cfg = cfg
 
     # --- stages --------------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -378,23 +328,6 @@ def eval_tasks(cfg: StudyConfig) -> tuple[list[tuple[str, int]], list[int]]:
         for t in parse_index_list(e.tasks, s.n_tasks, "task")
     ]
     return tasks, parse_index_list(e.init_states, N_INIT_STATES, "init state")
-
-
-def environment() -> dict:
-    from eval_libero.plan import versions
-
-    try:
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        git = ""
-    return {
-        "versions": versions(),
-        "git": git or None,
-        "python": platform.python_version(),
-        "host": platform.node(),
-    }
 
 
 def _cli(v) -> str:

@@ -28,6 +28,6 @@ def _closed_loop():
 def test_policy_trained_here_succeeds_from_its_training_start(tmp_path):
     cl = _closed_loop()
     data = cl.demos(tmp_path / "demos", 4, "1", workers=2)
-    ckpt = cl.train(data, tmp_path / "train", steps=6000, seed=1)
+    (ckpt,) = cl.train([(data, tmp_path / "train")], cl.STEPS, seed=1)
     successes, n = cl.evaluate(ckpt, tmp_path / "eval", "1", workers=1)
     assert (successes, n) == (1, 1)

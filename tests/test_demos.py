@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demos.attempt import drop_noops
 from demos.dataset import STAGING, DemoStore, features, load_meta, stage_attempt
-from demos.generate import DemoConfig, drop_noops, next_attempts
+from demos.generate import DemoConfig, next_attempts
 from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
 from r1vla.cli import main
 
@@ -203,6 +204,14 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert (
         "more than 5 episodes per task from 5 init states repeat episodes exactly" in capsys.readouterr().err
     )
+    assert main([*args, "--noise", "0.05", "--labels", "clean"]) == 2
+    assert "--labels 'clean': choose one of executed, expert" in capsys.readouterr().err
+    assert main([*args, "--image-size", "8"]) == 2
+    assert "--image-size 8: choose a camera resolution in 16-1024 (default 256)" in capsys.readouterr().err
+    assert main([*args, "--labels", "expert"]) == 2
+    assert (
+        "--labels expert differs from the executed actions only with --noise > 0" in capsys.readouterr().err
+    )
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     other = LeRobotDataset.create(
@@ -331,13 +340,20 @@ class _Interrupt(KeyboardInterrupt):
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    """Two libero_object episodes: the first run is interrupted (Ctrl-C) right after its first episode is
-    finished, the second run of the same command resumes. Returns (root, records seen per run)."""
+    """Two noisy libero_object episodes (128² frames) labelled with the expert's actions before the noise (DART): the first run
+    is interrupted (Ctrl-C) right after its first episode is finished, the second run of the same command resumes.
+    Returns (root, records seen per run)."""
     from demos.generate import generate
 
     root = tmp_path_factory.mktemp("demos") / "ds"
     cfg = DemoConfig(
-        suites=("object",), tasks=str(OBJECT_TASK), episodes_per_task=2, out=str(root), noise=0.05
+        suites=("object",),
+        tasks=str(OBJECT_TASK),
+        episodes_per_task=2,
+        out=str(root),
+        noise=0.05,
+        labels="expert",
+        image_size=128,  # the hub's 256 is the default; 128 renders faster
     )
     seen: list[list[dict]] = [[], []]
 
@@ -398,9 +414,10 @@ def test_generated_dataset_has_the_hub_schema_and_loads_with_action_chunks(gener
     for k in (IMAGE_KEY, WRIST_KEY):
         assert info["features"][k] == {
             "dtype": "image",
-            "shape": [256, 256, 3],
+            "shape": [128, 128, 3],  # --image-size 128; the default is the hub's 256:
             "names": ["height", "width", "channel"],
         }
+        assert features()[k]["shape"] == (256, 256, 3) and DemoConfig((), None, 1, "").image_size == 256
     assert info["features"][STATE_KEY] == {"dtype": "float32", "shape": [8], "names": ["state"]}
     assert info["features"]["action"] == {"dtype": "float32", "shape": [7], "names": ["actions"]}
     ds = LeRobotDataset(
@@ -408,7 +425,7 @@ def test_generated_dataset_has_the_hub_schema_and_loads_with_action_chunks(gener
     )
     assert ds.num_episodes == 2
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))
-    assert batch[IMAGE_KEY].shape == batch[WRIST_KEY].shape == (4, 3, 256, 256)
+    assert batch[IMAGE_KEY].shape == batch[WRIST_KEY].shape == (4, 3, 128, 128)
     assert (
         batch[IMAGE_KEY].dtype == torch.float32
         and 0 <= batch[IMAGE_KEY].min()
@@ -430,6 +447,30 @@ def test_generated_dataset_has_the_hub_schema_and_loads_with_action_chunks(gener
 
 
 @pytest.mark.libero
+def test_expert_labels_are_the_actions_before_the_noise(generated):
+    """`--labels expert`: the `action` column is the expert's action, the executed one (noise of std 0.05 on the
+    6 motion dims, gripper untouched) is in meta/executed_actions.npz, step for step."""
+    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays
+    from demos.replay import load_episode
+
+    root = generated[0]
+    assert load_meta(root)["config"]["labels"] == "expert"
+    executed = load_episode_arrays(root, EXECUTED_ACTIONS)
+    assert sorted(executed) == [0, 1]
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/libero_demos", root=root)
+    diffs = []
+    for e in (0, 1):
+        _, labels, _ = load_episode(ds, e, frames=False)
+        assert executed[e].shape == labels.shape
+        assert np.array_equal(executed[e][:, 6], labels[:, 6])
+        diffs.append(np.abs(executed[e][:, :6] - labels[:, :6]))
+    diff = np.concatenate(diffs)
+    assert 0.02 < diff.mean() < 0.06 and diff.max() < 0.5  # E|N(0, 0.05)| = 0.04
+
+
+@pytest.mark.libero
 def test_replaying_the_dataset_succeeds_with_identical_states(generated):
     from demos.replay import replay
 
@@ -444,14 +485,14 @@ def test_replay_catches_a_gripper_polarity_bug(generated):
     """The same episode with the gripper convention inverted (+1 = open) must fail and deviate."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from demos.dataset import load_start_states
-    from demos.generate import _sim
+    from demos.attempt import _sim
+    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays, load_start_states
     from demos.replay import load_episode, replay_episode
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
-    states, actions, _ = load_episode(LeRobotDataset("local/libero_demos", root=root), 0, frames=False)
-    flipped = actions.copy()
+    states, _, _ = load_episode(LeRobotDataset("local/libero_demos", root=root), 0, frames=False)
+    flipped = load_episode_arrays(root, EXECUTED_ACTIONS)[0].copy()  # what was executed
     flipped[:, 6] *= -1
     start = load_start_states(root)[0]
     bad = replay_episode(_sim("libero_object", OBJECT_TASK, False), rec, states, flipped, start_state=start)
@@ -468,14 +509,14 @@ def test_frames_equal_lerobots_libero_pipeline(generated):
     from lerobot.envs.utils import preprocess_observation
     from lerobot.processor.env_processor import LiberoProcessorStep
 
+    from demos.attempt import _sim
     from demos.dataset import load_start_states
-    from demos.generate import _sim
     from demos.replay import reset_to
     from eval_libero.sim import frame_from_obs
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
-    sim = _sim("libero_object", OBJECT_TASK, True)  # the rendering env the generation used
+    sim = _sim("libero_object", OBJECT_TASK, True, 128)  # the rendering env the generation used
     raw = reset_to(sim, rec, load_start_states(root)[0])  # its start and fixture placement
     fake_env = type(
         "E",

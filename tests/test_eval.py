@@ -38,8 +38,8 @@ IDENTITY = NormalizationMode.IDENTITY
 CFG = dict(suites="object", tasks="0", max_steps=3)  # libero_object task 0, 3 env steps after the wait
 
 
-def features() -> dict:
-    img = PolicyFeature(type=FeatureType.VISUAL, shape=(3, 256, 256))
+def features(image_size: int = 256) -> dict:
+    img = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
     inputs = {"observation.images.image": img, "observation.images.image2": img}
     inputs[OBS_STATE] = PolicyFeature(type=FeatureType.STATE, shape=(8,))
     return dict(
@@ -83,6 +83,9 @@ class EvalProbePolicy(PreTrainedPolicy):
 
     def predict_action_chunk(self, batch, **kwargs):
         c, s = self.config, batch[OBS_STATE]
+        for k, f in c.image_features.items():  # rendered at another resolution than it was trained on: refuse
+            if tuple(batch[k].shape[-3:]) != tuple(f.shape):
+                raise RuntimeError(f"{k}: got {tuple(batch[k].shape[-3:])}, trained on {tuple(f.shape)}")
         means = [batch[f"observation.images.{k}"].mean(dim=(1, 2, 3))[:, None] for k in ("image", "image2")]
         a = torch.tanh(self.proj(torch.cat([s, *means], 1))) * 0.3
         a = torch.cat([a, -torch.ones_like(a[:, :1])], 1)
@@ -113,9 +116,10 @@ class EvalProbePolicy(PreTrainedPolicy):
         return loss, {}
 
 
-def save_probe(path: Path, **overrides) -> Path:
-    """A complete LeRobot pretrained_model folder (config, weights, processors) of the probe policy."""
-    cfg = EvalProbeConfig(device="cpu", **overrides, **features())
+def save_probe(path: Path, image_size: int = 256, **overrides) -> Path:
+    """A complete LeRobot pretrained_model folder (config, weights, processors) of the probe policy, trained (its
+    input features say) on `image_size`² frames."""
+    cfg = EvalProbeConfig(device="cpu", **overrides, **features(image_size))
     EvalProbePolicy(cfg).save_pretrained(path)
     norm, out = cfg.normalization_mapping, cfg.output_features
     pre = [
@@ -444,6 +448,29 @@ def test_resume_refuses_another_checkpoint(probe, reference, tmp_path):
 
 
 @pytest.mark.libero
+def test_render_size_is_the_policys_camera_resolution():
+    from types import SimpleNamespace
+
+    from eval_libero.runner import render_size
+
+    assert render_size(SimpleNamespace(**features(128))) == 128
+    assert render_size(SimpleNamespace(**features())) == 256
+    assert render_size(SimpleNamespace(input_features={})) == 256  # declares no camera: LIBERO's default
+    odd = features(128)["input_features"]
+    odd["observation.images.image2"] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, 128, 96))
+    with pytest.raises(ValueError, match=r"\(3, 128, 96\).*one \(C, S, S\) shape"):
+        render_size(SimpleNamespace(input_features=odd))
+
+
+@pytest.mark.libero
+def test_a_policy_trained_on_128_pixel_frames_is_evaluated_on_them(tmp_path):
+    """The cameras are rendered at the resolution of the policy's image features, recorded in the protocol (the
+    probe refuses frames of another size, which would be a policy_error here)."""
+    ckpt = save_probe(tmp_path / "p128" / "pretrained_model", image_size=128)
+    (rec,) = read(evaluate(ecfg(ckpt, tmp_path / "run", init_states="0")))
+    assert rec["failure"].startswith("timeout") and rec["protocol"]["image_size"] == 128
+
+
 def test_render_on_demand_is_byte_identical_to_rendering_every_step(probe, reference, tmp_path, monkeypatch):
     """Cameras render only on the steps whose observation the policy reads: those frames equal every-step
     rendering byte for byte (same sim state), the other frames are black, and the records are identical."""
