@@ -1,9 +1,9 @@
 """The closed-loop check at one start state (bench/closed_loop.py's memorization half, one state): a policy trained
-here by lerobot-train on four noisy expert demos from official init state 1 of libero_object task 0, with the
-script's recipe and step count, must succeed from that state in `r1vla eval` under the standard step cap. Any
-mismatch between the training and evaluation conventions (image flip, normalisation, chunk order, gripper sign,
-observation/action alignment) fails it. 11 minutes on 2 cores (2 demos and 2,500 steps were too few: 0/1):
-marked slow, run before every stop (`pytest -m slow`)."""
+here by lerobot-train on four of the script's demos (noisy execution, expert labels, 128² frames) from official init
+state 1 of libero_object task 0, with the script's recipe and step count, must succeed from that state in
+`r1vla eval` under the standard step cap. Any mismatch between the training and evaluation conventions (image flip,
+normalisation, chunk order, gripper sign, observation/action alignment, camera resolution) fails it. ~20 minutes on
+2 cores (estimated from the script's runs: 4 demos ~1.5 min, 9,000 steps at ~9.5 steps/s): marked slow, run before every stop (`pytest -m slow`)."""
 
 from __future__ import annotations
 
