@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from eval_libero.suites import IMAGE_SIZE
 
 REPO_ID = "local/libero_demos"
 FPS = 10  # the label of the hub datasets (data recorded at the 20 Hz control rate, one frame per step)
@@ -45,7 +46,7 @@ EXECUTED_ACTIONS = (
 SIDE = {"start_state": START_STATES, "executed": EXECUTED_ACTIONS}  # staged beside the frames -> meta file
 
 
-def features(image_size: int = 256, videos: bool = False) -> dict:
+def features(image_size: int = IMAGE_SIZE, videos: bool = False) -> dict:
     """Features of HuggingFaceVLA/libero (names as in its info.json; `action` names as openpi's `actions`)."""
     img = {
         "dtype": "video" if videos else "image",
