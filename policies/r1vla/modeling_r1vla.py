@@ -186,11 +186,13 @@ class R1VLAPolicy(PreTrainedPolicy):
             "amp": self.amp,
         }
 
-    def _save_pretrained(self, save_directory: Path) -> None:
+    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        """`state_dict`: a pre-gathered full state dict (LeRobot passes one under FSDP), else our own."""
         folder = Path(save_directory)
         self.config._save_pretrained(folder)
         frozen = self._frozen_keys()
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if k not in frozen}
+        full = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous() for k, v in full.items() if k not in frozen}
         save_file(state, str(folder / SAFETENSORS_FILE))
         if self.model.backbone.fingerprint is not None:
             (folder / FINGERPRINT_FILE).write_text(json.dumps(self.model.backbone.fingerprint, indent=1))

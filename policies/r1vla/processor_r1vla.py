@@ -19,16 +19,17 @@ from lerobot.configs.types import FeatureType, PipelineFeatureType, PolicyFeatur
 from lerobot.processor import (
     AddBatchDimensionProcessorStep,
     DeviceProcessorStep,
+    EnvTransition,
     NormalizerProcessorStep,
     PolicyAction,
     PolicyProcessorPipeline,
     ProcessorStep,
     ProcessorStepRegistry,
     RenameObservationsProcessorStep,
+    TransitionKey,
     UnnormalizerProcessorStep,
 )
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
-from lerobot.processor.core import EnvTransition, TransitionKey
 from lerobot.utils.constants import (
     OBS_STATE,
     POLICY_POSTPROCESSOR_DEFAULT_NAME,
@@ -77,7 +78,7 @@ class R1VLAPromptProcessorStep(ProcessorStep):
 
 def camera_rename_map(config: R1VLAConfig) -> dict[str, str]:
     """Dataset camera names -> the policy's `image_keys`, for datasets that name cameras otherwise (e.g.
-    `observation.images.wrist_image`). LeRobot 0.4.4's lerobot-train applies `--rename_map` to the processors
+    `observation.images.wrist_image`). LeRobot's lerobot-train applies `--rename_map` to the processors
     only when fine-tuning from `--policy.path`; this map makes a from-scratch run read the same cameras.
     Cameras already named as an image key keep it; the others are assigned in dataset order."""
     cameras = [k for k, ft in config.input_features.items() if ft.type is FeatureType.VISUAL]
