@@ -115,8 +115,13 @@ def load_runner(p: Path, policy_cfg, suites: list[str], mode: str) -> PolicyRunn
     from lerobot.envs.factory import make_env_pre_post_processors
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
+    from policies.r1vla.configuration_r1vla import BackboneMismatchError
+
     env_cfg = LiberoEnvConfig(task=",".join(suites))
-    policy = make_policy(cfg=policy_cfg, env_cfg=env_cfg)
+    try:
+        policy = make_policy(cfg=policy_cfg, env_cfg=env_cfg)
+    except BackboneMismatchError as e:  # a refusal of the input, not a crash: the message, no traceback
+        raise EvalError(str(e)) from None
     policy.eval()
     steps = {
         s.get("registry_name") for s in json.loads((p / "policy_preprocessor.json").read_text())["steps"]

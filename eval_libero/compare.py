@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from eval_libero.compare_analysis import ALPHA, N_BOOT, STANDARD, Cell, Episode, analyse  # noqa: F401
-from eval_libero.records import EPISODES, dict_differences, episode_key, read_jsonl
+from eval_libero.records import EPISODES, dict_differences, episode_key, is_fault, read_jsonl
 
 
 class CompareError(ValueError):
@@ -63,15 +63,18 @@ def load_run(run: Path, log=print) -> Run:
         log(
             f"warning: {run} has unmerged shard files ({', '.join(f.name for f in shards)}); read as they are"
         )
-    records, seen = [], set()
+    records, seen = [], {}
     for f in [run / EPISODES, *shards]:
         got = read_jsonl(f)
         for lineno, why in got.bad_lines:
             log(f"{f}: line {lineno}: {why}; ignored")
         for r in got.records:
-            if episode_key(r) not in seen:
-                seen.add(episode_key(r))
+            i = seen.get(episode_key(r))
+            if i is None:
+                seen[episode_key(r)] = len(records)
                 records.append(r)
+            elif is_fault(records[i]):  # re-run by --retry-faults, not merged yet (as merge_shards does)
+                records[i] = r
     if not records:
         raise CompareError(f"{run} has no recorded episodes ({EPISODES})")
     one = "; one run folder = one evaluation of one checkpoint"

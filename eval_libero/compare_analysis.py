@@ -3,19 +3,20 @@ baseline, drops under LIBERO-PRO perturbations and the verdicts, as the report d
 themselves are in eval_libero/stats.py. Runs are `eval_libero.compare.Run` objects (duck-typed here).
 
 With >= 2 training seeds (replicates of an arm, or replicate pairs of two arms) every statistic is computed per
-seed (pair) and its CI and p are `stats.t_over_seeds` over the seeds (ci_method / p_method "t_over_seeds"); with
-one: Wilson, MOVER, exact McNemar and the cluster bootstrap over (task, init_state). See stats.py for the
-fallbacks ("bootstrap_sd0", "bootstrap_incomplete")."""
+seed (pair) and its CI and p are `stats.t_over_seeds` over the seeds (ci_method / p_method "t_over_seeds", or
+"t_over_seeds_floored" where the seeds' spread is below their own episode noise, ties included); with one: Wilson,
+MOVER, McNemar (exact, or over clusters with several evaluation seeds) and the cluster bootstrap over (task,
+init_state). The paired Δ (Holm over the suites and the Average, power): eval_libero/compare_paired.py."""
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eval_libero import stats
+from eval_libero import power, stats
+from eval_libero.compare_paired import _rng, design, paired, verdict  # noqa: F401  (verdict: re-exported)
 from eval_libero.records import rate_block
 from eval_libero.suites import SUITES
 
@@ -54,10 +55,6 @@ def pair_replicates(arm: list[Run], base: list[Run]) -> tuple[list[tuple[Run, Ru
 
 
 # ---- statistics on clusters -----------------------------------------------------------------------------------
-
-
-def _rng(seed: int, *tag: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32("|".join(tag).encode())])
 
 
 def rates(reps: list[Run], cells: list[Cell], n_boot: int, seed: int, tag: str) -> tuple[dict, dict | None]:
@@ -103,131 +100,6 @@ def rates(reps: list[Run], cells: list[Cell], n_boot: int, seed: int, tag: str) 
         "n_episodes": sum(e["n_episodes"] for e in est.cells),
         "n_seeds": len(reps),
     }
-
-
-def verdict(
-    delta, ci, p, n_seeds: int, arm: str, base: str, alpha: float = ALPHA, pert: str | None = None
-) -> str:
-    """The claim the numbers support: about checkpoints below 3 training seeds, about backbones from 3."""
-    if not n_seeds or delta is None:
-        return "not comparable (no shared episodes)"
-    sig, up = p is not None and p < alpha, delta > 0
-    if n_seeds >= 3:
-        if sig and (ci[0] > 0 or ci[1] < 0):
-            if pert is None:
-                return f"{arm} transfers {'better' if up else 'worse'} than {base}"
-            return f"{arm} loses {'more' if up else 'less'} under {pert} than {base}"
-        return f"no detectable difference between the backbones ({n_seeds} training seeds)"
-    if pert is None:
-        v = (
-            ("checkpoint better" if up else "checkpoint worse")
-            if sig
-            else "no detectable difference between the checkpoints"
-        )
-    else:
-        v = (
-            ("checkpoint loses more" if up else "checkpoint loses less")
-            if sig
-            else "no detectable difference in the drop between the checkpoints"
-        )
-    return v + (" (2 training seeds: too few for a backbone verdict)" if n_seeds == 2 else "")
-
-
-def paired(
-    pairs: list[tuple[Run, Run]],
-    suites: list[str],
-    arm: str,
-    base: str,
-    n_boot: int,
-    seed: int,
-    alpha: float = ALPHA,
-) -> dict:
-    """Δ = arm − baseline per standard suite and for the Average, on the episodes each replicate pair shares.
-    One pair: exact McNemar p, cluster-bootstrap CI (the Average: bootstrap CI and p). Several: per pair Δ_k
-    (and its Average over the suites), CI and p of `stats.t_over_seeds`. Holm across the suites."""
-    per_cell, tests = [], []
-    for s in suites:
-        reps, seeds = [], []
-        for ra, rb in pairs:
-            a, b = ra.cells.get((s, STANDARD), {}), rb.cells.get((s, STANDARD), {})
-            shared = [e for e in a if e in b]
-            reps.append({e: float(a[e]) - float(b[e]) for e in shared})
-            k1, k2 = sum(a[e] and not b[e] for e in shared), sum(b[e] and not a[e] for e in shared)
-            seeds.append(
-                {
-                    "train_seed": ra.train_seed,
-                    "baseline_train_seed": rb.train_seed,
-                    "n_shared": len(shared),
-                    "run_only_success": k1,
-                    "baseline_only_success": k2,
-                    "p_value": stats.mcnemar_exact(k1, k2),
-                }
-            )
-        per_cell.append(reps)
-        tests.append(seeds)
-    ests = stats.Estimates(per_cell, n_boot, _rng(seed, "paired", arm, base), bounds=(-1.0, 1.0))
-    est = ests.cells
-    out: dict[str, dict] = {}
-    for s, e, all_mc in zip(suites, est, tests, strict=True):
-        mc = [t for t in all_mc if t["n_shared"]]
-        one = e["n_seeds"] == 1
-        out[s] = {
-            "delta": e["point"],
-            "delta_ci95": e["ci95"],
-            "p_value": mc[0]["p_value"] if one else e["p"],
-            "p_method": "mcnemar" if one else e["method"],
-            "n_seeds": e["n_seeds"],
-            "n_episodes": e["n_episodes"],
-            "mcnemar_per_seed": mc,
-        }
-    for s, ph in zip(suites, stats.holm([out[s]["p_value"] for s in suites]), strict=True):
-        out[s]["p_holm"] = ph
-        t = out[s]
-        t["verdict"] = verdict(t["delta"], t["delta_ci95"], ph, t["n_seeds"], arm, base, alpha)
-    ok = [j for j, e in enumerate(est) if e["n_episodes"]]
-    avg: dict = {
-        "delta": None,
-        "delta_ci95": [None, None],
-        "p_value": None,
-        "p_holm": None,
-        "p_method": "bootstrap",
-        "n_episodes": 0,
-        "n_seeds": 0,
-        "suites": [suites[j] for j in ok],
-        "mcnemar_per_seed": [],
-    }
-    if ok:
-        a = ests.average(ok)
-        mc = []  # per replicate pair, pooled over the suites (information; not the Average's p)
-        for i in range(len(pairs)):
-            n, k1, k2 = (
-                sum(tests[j][i][k] for j in ok)
-                for k in ("n_shared", "run_only_success", "baseline_only_success")
-            )
-            if n:
-                mc.append(
-                    {
-                        **tests[ok[0]][i],
-                        "n_shared": n,
-                        "run_only_success": k1,
-                        "baseline_only_success": k2,
-                        "p_value": stats.mcnemar_exact(k1, k2),
-                    }
-                )
-        n_seeds = len(mc)
-        avg.update(
-            delta=a["point"],
-            delta_ci95=a["ci95"],
-            p_value=a["p"],
-            p_method=a["method"],
-            n_seeds=n_seeds,
-            mcnemar_per_seed=mc,
-            n_episodes=sum(est[j]["n_episodes"] for j in ok),
-        )
-    avg["verdict"] = verdict(
-        avg["delta"], avg["delta_ci95"], avg["p_value"], avg["n_seeds"], arm, base, alpha
-    )
-    return {**out, "average": avg}
 
 
 # ---- out of distribution (LIBERO-PRO perturbations) -----------------------------------------------------------
@@ -298,7 +170,10 @@ def ood(
             per_cell, n_boot, _rng(seed, "delta_drop", name, base), bounds=(-2.0, 2.0)
         ).cells
         adj = stats.holm([e["p"] for e in est])
+        m = sum(p is not None for p in adj)
         for c, e, ph in zip(shared, est, adj, strict=True):
+            var = power.observed_var(e["n_seeds"], e["seed_var"], e["within_var"])
+            mde = power.mde(e["n_seeds"], var, alpha / max(1, m))
             out[name]["/".join(c)]["vs_baseline"] = {
                 "delta_drop": e["point"],
                 "delta_drop_ci95": e["ci95"],
@@ -308,6 +183,11 @@ def ood(
                 "n_seeds": e["n_seeds"],
                 "n_episodes": e["n_episodes"],
                 "verdict": verdict(e["point"], e["ci95"], ph, e["n_seeds"], name, base, alpha, pert=c[1]),
+                "correction": f"Holm over {m} suite/perturbation cell{'s' * (m != 1)}"
+                if ph is not None
+                else "not tested",
+                "mde80": mde if mde is not None and mde <= 1.0 else None,
+                "power": {"per_seed_var": var, "alpha_per_test": alpha / max(1, m)},
             }
     return out, left
 
@@ -398,6 +278,7 @@ def analyse(
             }
             suites = _suite_order(set(std[name]) | set(std[base]))
             entry["paired"] = paired(pairs, suites, name, base, n_boot, boot_seed, alpha)
+            entry["design"] = design(entry["paired"])
             warnings += [f"{name} vs {base}: {n}" for n in notes]
         rep["runs"][name] = entry
     if len({tuple(s) for s in std.values()}) > 1:

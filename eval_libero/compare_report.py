@@ -50,21 +50,30 @@ def render_markdown(rep: dict) -> str:
         "",
         "- **Several training seeds:** every multi-seed 95% CI (success, Average, Δ, drop, Δ drop) is a "
         "t-interval over training seeds: the statistic is computed per seed (pair) on its own episodes, then "
-        "mean ± t(0.975, n − 1 degrees of freedom) · sd / √n over the n seeds, p from the one-sample t-test "
-        "against 0 (method `t_over_seeds`; success intervals clipped to [0, 1]). Where it is undefined the pooled "
-        "two-stage cluster bootstrap (seeds, then (task, init state) clusters) is used and named: `bootstrap_sd0` "
-        "(all seeds gave the same value, sd = 0), `bootstrap_incomplete` (an Average whose seeds ran different "
-        "suites).",
+        "mean ± t(0.975, n − 1 degrees of freedom) · s / √n over the n seeds, p from the t-test against 0 "
+        "(method `t_over_seeds`; success intervals clipped to [0, 1]). s² is the seeds' sample variance, but "
+        "never less than their own episode (cluster) sampling variance: a seed's value varies at least that "
+        "much, so tied or nearly tied seeds (common with discrete outcomes) cannot shrink the interval "
+        "(`t_over_seeds_floored`: the random-effects meta-analysis over seeds with the modified Hartung-Knapp "
+        "interval, never narrower than the fixed-effect one). Named fallbacks: `bootstrap_incomplete` (an "
+        "Average whose seeds ran different suites: the pooled two-stage cluster bootstrap), `bootstrap_sd0` "
+        "(identical seeds and no episode noise at all).",
         "- **Success** with a 95% CI: one replicate (training seed) per arm: Wilson; several: the mean of the "
         "replicates' rates. **Average** = mean of the suite rates; CI: MOVER on the suites' Wilson limits "
         "(one replicate), so it contains the average for any suite sizes; several: as above.",
         "- **Δ vs the baseline** on the episodes both share (suite, task, init state, seed) within each pair of "
         "replicates with the same training seed. One replicate pair: 95% CI from a paired cluster bootstrap over "
-        "(task, init state), percentile; p: exact McNemar. Several: over the seeds, as above. "
-        "p (Holm): across the standard suites of one comparison; the **Average is not in the Holm "
-        "family** (with one replicate pair its p is the bootstrap's).",
+        "(task, init state), percentile; p: exact McNemar (`mcnemar`), or with several evaluation seeds per "
+        "(task, init state) the exact sign test over those clusters (`mcnemar_clusters`: their episodes are not "
+        "independent pairs); the Average's p: the bootstrap's. Several: over the seeds, as above. "
+        "**p (Holm): across the standard suites and the Average of one comparison** (one family: at most α "
+        "family-wise error over all its verdicts); every verdict names the correction it carries.",
         "- **Verdicts** with one or two training seeds are about the checkpoints; a verdict about the backbones "
         f"needs ≥ 3 paired training seeds, a Δ CI that excludes 0 and p (Holm) < {alpha:g}.",
+        "- **MDE 80%**: the smallest Δ this design detects with 80% power at α/m per test (m the Holm family, "
+        "what a lone effect must pass), from the observed variance of one seed's Δ (seed and cluster variance; "
+        "with one seed the episode noise only). Where the MDE is large, 'no detectable difference' means the "
+        "design could not have seen it, not that there is none: more training seeds help most.",
         "- Episodes that failed for a fault (not the step cap: policy error, worker death, simulator error) count "
         "as failures; they are counted per run below.",
         "",
@@ -111,15 +120,31 @@ def render_markdown(rep: dict) -> str:
     for n, r in runs.items():
         if "paired" in r:
             cells = "; ".join(
-                f"{_t(s) if s != 'average' else 'Average'}: {t['verdict']}" for s, t in r["paired"].items()
+                f"{_t(s) if s != 'average' else 'Average'}: {_verdict(t)}" for s, t in r["paired"].items()
             )
             lines.append(f"- **{n}** vs {base}: {cells}")
             ood = [(c, x["vs_baseline"]) for c, x in rep["ood"].get(n, {}).items() if "vs_baseline" in x]
             if ood:
                 lines.append(
-                    "  - drop under perturbation: " + "; ".join(f"{_t(c)}: {v['verdict']}" for c, v in ood)
+                    "  - drop under perturbation: " + "; ".join(f"{_t(c)}: {_verdict(v)}" for c, v in ood)
                 )
     return "\n".join(lines) + "\n"
+
+
+def _mde(t: dict) -> str:
+    """The minimum detectable Δ in pp; '> 100' where no Δ up to 100 pp is detected 80% of the time, '–' where
+    there is no variance to compute it from."""
+    if t.get("mde80") is not None:
+        return f"{100 * t['mde80']:.1f}"
+    return "> 100" if ((t.get("power") or {}).get("per_seed_var") or 0) > 0 else "–"
+
+
+def _verdict(t: dict) -> str:
+    """A verdict with the correction it carries and, where nothing was found, what could have been found."""
+    if t.get("p_holm") is None:
+        return t["verdict"]
+    mde = f"; MDE 80% {_mde(t)} pp" if t["verdict"].startswith("no detectable") and _mde(t) != "–" else ""
+    return f"{t['verdict']} ({t.get('correction', 'Holm')}{mde})"
 
 
 def _suites(rep: dict) -> list[str]:
@@ -134,29 +159,44 @@ def _comparison(n: str, base: str, r: dict) -> list[str]:
     lines += [f"**Pairing:** {note}." for note in r["pairing"]["notes"]]
     lines += [
         "",
-        "| suite | seeds | shared episodes | Δ (pp) [95% CI] | p | p (Holm) | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| suite | seeds | shared episodes | Δ (pp) [95% CI] | p | p (Holm) | MDE 80% (pp) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s, t in r["paired"].items():
         name = "Average" if s == "average" else _t(s)
-        holm = "not in family" if s == "average" else _p(t["p_holm"])
         p = f"{_p(t['p_value'])} ({t['p_method']})" if t["p_value"] is not None else "–"
         lines.append(
-            f"| {name} | {t['n_seeds']} | {t['n_episodes']} | {_delta(t['delta'], t['delta_ci95'])} | {p} | {holm} "
-            f"| {t['verdict']} |"
+            f"| {name} | {t['n_seeds']} | {t['n_episodes']} | {_delta(t['delta'], t['delta_ci95'])} | {p} "
+            f"| {_p(t['p_holm'])} | {_mde(t)} | {_verdict(t)} |"
         )
+    avg = r["paired"].get("average", {})
+    if avg.get("power") and _mde(avg) != "–":
+        lines += [
+            "",
+            f"**Power:** with {avg['n_seeds']} training seed(s) and these episodes, a true Δ on the Average smaller "
+            f"than {_mde(avg)} pp is found less often than 4 times in 5 (α {avg['power']['alpha_per_test']:.3g} per "
+            "test under Holm); per suite: the MDE column. Seed variance dominates: more training seeds shrink the "
+            "MDE far more than more episodes (`r1vla study --plan --target-delta`).",
+        ]
+    elif avg.get("power"):
+        lines += [
+            "",
+            "**Power:** not computable: the paired episodes show no variance at all (every one alike).",
+        ]
     lines += [
         "",
-        "Exact McNemar per training seed (Average row: pooled over its suites, for information):",
+        "McNemar per training seed (Average row: pooled over its suites, for information; `mcnemar_clusters`: "
+        "the sign test over (task, init state) clusters, several evaluation seeds each):",
         "",
-        "| suite | train seed | shared | run-only / base-only success | p |",
-        "|---|---|---|---|---|",
+        "| suite | train seed | shared | clusters | run-only / base-only success | p (test) |",
+        "|---|---|---|---|---|---|",
     ]
     for s, t in r["paired"].items():
         for m in t["mcnemar_per_seed"]:
             lines.append(
                 f"| {'Average' if s == 'average' else _t(s)} | {m['train_seed']}/{m['baseline_train_seed']} "
-                f"| {m['n_shared']} | {m['run_only_success']} / {m['baseline_only_success']} | {_p(m['p_value'])} |"
+                f"| {m['n_shared']} | {m['n_clusters']} | {m['run_only_success']} / {m['baseline_only_success']} "
+                f"| {_p(m['p_value'])} ({m['test']}) |"
             )
     return lines
 
@@ -199,13 +239,14 @@ def _ood(rep: dict) -> list[str]:
             "bootstrap p (McNemar does not apply to a difference of two paired differences); with several, the "
             "t-test over training seeds; p (Holm): across the suite/perturbation cells of this comparison.",
             "",
-            "| suite/perturbation | seeds | episodes | Δ drop (pp) [95% CI] | p (method) | p (Holm) | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| suite/perturbation | seeds | episodes | Δ drop (pp) [95% CI] | p (method) | p (Holm) | MDE 80% (pp) "
+            "| verdict |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c, v in vs.items():
             lines.append(
                 f"| {_t(c)} | {v['n_seeds']} | {v['n_episodes']} | {_delta(v['delta_drop'], v['delta_drop_ci95'])} "
-                f"| {_p(v['p_value'])} ({v['p_method']}) | {_p(v['p_holm'])} | {v['verdict']} |"
+                f"| {_p(v['p_value'])} ({v['p_method']}) | {_p(v['p_holm'])} | {_mde(v)} | {_verdict(v)} |"
             )
         if lo := rep["ood_left_out"].get(n):
             lines += [

@@ -149,17 +149,23 @@ def _locked(run: Path):
 
 def merge_shards(run: Path, log: Callable[[str], None] = print) -> list[dict]:
     """Fold every RUN/episodes.rank*.jsonl into RUN/episodes.jsonl (deduplicated, sorted by episode key), then
-    remove the shard files and done markers. Idempotent and safe if two ranks try at once."""
+    remove the shard files and done markers. A shard's record replaces a merged record of the same episode only
+    when the merged one ended by a fault (`--retry-faults` ran it again after an earlier merge); else the first
+    stays.
+    Idempotent and safe if two ranks try at once."""
     with _locked(run):
         main = run / EPISODES
         records = load_records(main, log)
         shards = sorted(run.glob("episodes.rank*.jsonl"))
-        seen = {episode_key(r) for r in records}
+        seen = {episode_key(r): i for i, r in enumerate(records)}
         for shard in shards:
             for rec in load_records(shard, log):
-                if episode_key(rec) not in seen:
-                    seen.add(episode_key(rec))
+                i = seen.get(episode_key(rec))
+                if i is None:
+                    seen[episode_key(rec)] = len(records)
                     records.append(rec)
+                elif is_fault(records[i]):
+                    records[i] = rec
         records.sort(key=episode_key)
         if shards or not main.exists():
             write_jsonl_atomic(main, records)

@@ -107,8 +107,19 @@ def _evaluate_locked(cfg, run, rank, world, plan, ckpt, policy_cfg, meta, device
     bad = rec_io.run_meta_mismatch(known, meta)
     if bad:
         raise EvalError(f"{run} holds episodes of a different evaluation ({'; '.join(bad)}); use a new --out")
+    mine = {spec_key(s) for s in plan if s.index % world == rank}
+    if cfg.retry_faults and world > 1:  # faults already merged into episodes.jsonl by an earlier torchrun
+        merged = [
+            r for r in known if r not in records and rec_io.is_fault(r) and rec_io.episode_key(r) in mine
+        ]
+        if merged:
+            log(
+                f"--retry-faults: {len(merged)} merged episode(s) of rank {rank} ended by a fault will be run again"
+            )
+            ids = {id(r) for r in merged}
+            known = [r for r in known if id(r) not in ids]  # the new records replace them at the merge
     done = {rec_io.episode_key(r) for r in known}
-    todo = [s for s in plan if s.index % world == rank and spec_key(s) not in done]
+    todo = [s for s in plan if spec_key(s) in mine and spec_key(s) not in done]
     log(
         f"{run}: {len(plan)} episodes planned, {len(done)} recorded, {len(todo)} to run"
         + (f" (rank {rank}/{world})" if world > 1 else "")

@@ -67,10 +67,19 @@ class _Worker:
         self.proc = ctx.Process(target=target, args=(child, *args), daemon=True)
         self.proc.start()
         child.close()
-        self.state, self.spec, self.deadline = "idle", None, float("inf")
+        self.state, self.spec, self.deadline, self.dead = "idle", None, float("inf"), None
 
     def send(self, msg: tuple, timeout_s: float) -> None:
-        self.conn.send(msg)
+        """Every message to the worker goes through here. A worker that died after its last reply makes the
+        write fail (BrokenPipeError): the worker is then marked `dead` (busy, due now) and the scheduler's loop
+        replaces it and records the episode as `worker_died`, as when it dies mid-episode."""
+        self.dead = None
+        try:
+            self.conn.send(msg)
+        except OSError as e:  # BrokenPipeError, ConnectionResetError: the process is gone
+            self.dead = f"{type(e).__name__}"
+            self.state, self.deadline = "busy", time.monotonic()
+            return
         self.state, self.deadline = "busy", time.monotonic() + timeout_s
 
     def start(self, spec: EpisodeSpec, timeout_s: float) -> None:
@@ -181,6 +190,9 @@ def run_episodes(
                         w.send(("abort", acts), timeout_s)
                     else:
                         w.chunk(acts, timeout_s)
+            for w in [w for w in pool if w.state == "busy" and w.dead]:  # a write to it failed: it is gone
+                w.proc.join(timeout=10)
+                replace(w, f"worker_died: exit code {w.proc.exitcode} ({w.dead} on write)")
             busy = {w.conn: w for w in pool if w.state == "busy"}
             if not busy:
                 continue

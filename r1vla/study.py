@@ -359,18 +359,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dump-config", action="store_true", help="print the resolved config as YAML and exit"
     )
+    from r1vla.study_power import add_plan_arguments
+
+    add_plan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    plan = args.plan or args.target_delta is not None or args.pilot
     try:
         cfg = study_config.load(args.config) if args.config else study_config.preset(args.preset or "tiny")
-        cfg = study_config.with_paths(cfg, args.backbone)
+        if not plan or args.backbone:  # the plan reads seeds and episodes only: no checkpoints needed
+            cfg = study_config.with_paths(cfg, args.backbone)
     except ValueError as e:
         print(f"r1vla study: {e}", file=sys.stderr)
         return 2
     if args.dump_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    if plan:
+        from r1vla.study_power import run_plan
+
+        return run_plan(args, cfg)
     out = Path(args.out or REPO / "runs" / cfg.name)
     try:
         report = Study(cfg, out).run()

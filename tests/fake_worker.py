@@ -48,3 +48,27 @@ def faulty_worker(conn, *args) -> None:
             conn.send(
                 ("done", {"success": False, "steps": steps, "video": None, "first_obs_sha256": "x"}, "")
             )
+
+
+def dies_after_reply_worker(conn, *args) -> None:
+    """Like `faulty_worker` without its faults, but at init state 4 it replies to the reset and exits at once:
+    the scheduler's next write to it (the action chunk) meets a closed pipe."""
+    steps = 0
+    while True:
+        msg = conn.recv()
+        if msg[0] == "close":
+            return
+        if msg[0] == "reset":
+            spec, steps = msg[1], 0
+            conn.send(("obs", fake_raw(spec.init_state), "do it"))
+            if spec.init_state == 4:
+                conn.close()
+                os._exit(5)
+        elif msg[0] == "chunk":
+            steps += len(msg[1])
+            res = {"success": False, "steps": steps, "video": None, "first_obs_sha256": "x"}
+            conn.send(("done", res, "") if steps >= spec.max_steps else ("obs", fake_raw(steps), "do it"))
+        else:
+            conn.send(
+                ("done", {"success": False, "steps": steps, "video": None, "first_obs_sha256": "x"}, "")
+            )

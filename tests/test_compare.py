@@ -105,6 +105,33 @@ def seed_deltas(arms, arm, base, suite):
     return out
 
 
+def cluster_var(d: dict) -> float:
+    """By hand: the cluster-robust sampling variance of mean(d) over (task, init state) clusters,
+    C/(C − 1) Σ_c (sum_c − ȳ n_c)² / N² (the floor of the t-interval over seeds, stats.within_variance)."""
+    num: dict = {}
+    for e, v in d.items():
+        n, k = num.get(e[:2], (0.0, 0))
+        num[e[:2]] = (n + float(v), k + 1)
+    tot = sum(k for _, k in num.values())
+    y = sum(n for n, _ in num.values()) / tot
+    return len(num) / (len(num) - 1) * sum((n - y * k) ** 2 for n, k in num.values()) / tot**2
+
+
+def floored_half(values, within: float) -> float:
+    """Half-width of the 95% t-interval over seeds with s² = max(sd², within)."""
+    return floored_t(values, within)[0]
+
+
+def floored_t(values, within: float) -> tuple[float, float, str]:
+    """By hand: half-width, two-sided p and method of the t-interval/test over seeds with s² = max(sd², within)."""
+    from scipy.stats import t as t_dist
+
+    n, sd2 = len(values), float(np.var(values, ddof=1))
+    se = math.sqrt(max(sd2, within) / n)
+    p = float(2 * t_dist.sf(abs(np.mean(values)) / se, n - 1))
+    return float(t_dist.ppf(0.975, n - 1)) * se, p, "t_over_seeds_floored" if within > sd2 else "t_over_seeds"
+
+
 # ---- records --------------------------------------------------------------------------------------------------
 
 
@@ -203,16 +230,19 @@ def test_multi_seed_report_uses_t_over_seeds(tmp_path):
         assert t["delta_ci95"] == pytest.approx([-0.048414, 0.448414], abs=1e-6)
         assert t["p_value"] == pytest.approx(0.0741799, abs=1e-7)
         assert t["verdict"] == "no detectable difference between the backbones (3 training seeds)"
-    assert pr["libero_goal"]["p_holm"] == pytest.approx(0.0741799, abs=1e-7)  # a family of one suite
+    # one family: the suite and the Average (equal p): Holm gives both 2 p
+    assert pr["libero_goal"]["p_holm"] == pytest.approx(2 * 0.0741799, abs=2e-7) == pr["average"]["p_holm"]
     assert [m["run_only_success"] for m in pr["libero_goal"]["mcnemar_per_seed"]] == [10, 20, 30]
-    # the arm's per-seed rates 0.6, 0.7, 0.8: 0.7 ± 0.248414; the baseline's are all 0.5 (sd = 0): the pooled
-    # two-stage bootstrap instead, an interval of the episode noise that contains 0.5
+    # the arm's per-seed rates 0.6, 0.7, 0.8: 0.7 ± 0.248414; the baseline's are all 0.5 (sd = 0): the t-interval
+    # with s² floored at the seeds' own sampling variance 0.25 · 100/99 / 100, never the degenerate 0
     r1 = rep["runs"]["r1"]
     for b in (r1["suites"]["libero_goal"], r1["average"]):
         assert b["ci_method"] == "t_over_seeds" and b["success_rate"] == pytest.approx(0.7)
         assert b["ci95"] == pytest.approx([0.451586, 0.948414], abs=1e-6)
     sft = rep["runs"]["sft"]["suites"]["libero_goal"]
-    assert sft["ci_method"] == "bootstrap_sd0" and sft["ci95"][0] < 0.5 < sft["ci95"][1]
+    half = 4.302653 * math.sqrt(0.25 * 100 / 99 / 100 / 3)
+    assert sft["ci_method"] == "t_over_seeds_floored"
+    assert sft["ci95"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-6)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "t-interval over training seeds" in md and "n − 1 degrees of freedom" in md
     assert "provisional" not in md and "(t_over_seeds)" in md
@@ -236,17 +266,31 @@ def test_average_of_unequal_suites_contains_its_point(tmp_path):
     rep = analyse(arms, "sft", n_boot=1000)
     for arm in ("sft", "r1"):
         b = rep["runs"][arm]["average"]
-        assert b["ci_method"] == "t_over_seeds" and b["ci95"][0] <= b["success_rate"] <= b["ci95"][1]
+        assert b["ci_method"].startswith("t_over_seeds") and b["ci95"][0] <= b["success_rate"] <= b["ci95"][1]
         assert b["success_rate"] == pytest.approx(
             np.mean([rep["runs"][arm]["suites"][s]["success_rate"] for s in SU])
         )
         per_seed = [np.mean([np.mean(list(r.cells[(s, "none")].values())) for s in SU]) for r in arms[arm]]
-        half = 4.302653 * np.std(per_seed, ddof=1) / math.sqrt(3)
+        within = np.mean([sum(cluster_var(r.cells[(s, "none")]) for s in SU) / 16 for r in arms[arm]])
+        half = floored_half(per_seed, within)
+        floored = within > np.var(per_seed, ddof=1)
+        assert b["ci_method"] == ("t_over_seeds_floored" if floored else "t_over_seeds")
         assert b["ci95"] == pytest.approx([np.mean(per_seed) - half, np.mean(per_seed) + half], abs=1e-6)
     d = rep["runs"]["r1"]["paired"]["average"]
-    assert d["delta_ci95"][0] <= d["delta"] <= d["delta_ci95"][1] and d["p_method"] == "t_over_seeds"
     per_seed = np.mean([seed_deltas(arms, "r1", "sft", s) for s in SU], axis=0)  # (3,) each pair's Δ Average
-    assert d["p_value"] == pytest.approx(ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
+    by = {r.train_seed: r for r in arms["sft"]}
+    within = np.mean(
+        [
+            sum(cluster_var({e: float(v) - float(by[r.train_seed].cells[(s, "none")][e])
+                             for e, v in r.cells[(s, "none")].items()}) for s in SU) / 16
+            for r in arms["r1"]
+        ]
+    )  # fmt: skip
+    _, p_hand, method = floored_t(per_seed, within)
+    assert d["delta_ci95"][0] <= d["delta"] <= d["delta_ci95"][1] and d["p_method"] == method
+    assert d["p_value"] == pytest.approx(p_hand, rel=1e-9)
+    if method == "t_over_seeds":
+        assert d["p_value"] == pytest.approx(ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
     # a replicate without libero_10: no per-seed Average for it, so the Average falls back to the bootstrap
     r = arms["r1"][2]
     arms["r1"][2] = replace(r, records=[x for x in r.records if x["suite"] != "libero_10"])
@@ -293,15 +337,20 @@ def test_compare_known_answer_one_seed(tmp_path):
     obj = pb["libero_object"]
     assert obj["p_value"] == pytest.approx(212 / 16384) and obj["p_method"] == "mcnemar"
     assert obj["mcnemar_per_seed"] == [
-        {"train_seed": 0, "baseline_train_seed": 0, "n_shared": 50, "run_only_success": 12,
-         "baseline_only_success": 2, "p_value": pytest.approx(212 / 16384)}
+        {"train_seed": 0, "baseline_train_seed": 0, "n_shared": 50, "n_clusters": 50, "run_only_success": 12,
+         "baseline_only_success": 2, "p_value": pytest.approx(212 / 16384), "test": "mcnemar"}
     ]  # fmt: skip
     assert obj["delta"] == pytest.approx(10 / 50) and obj["delta_ci95"][0] <= 0.2 <= obj["delta_ci95"][1]
-    assert obj["p_holm"] == pytest.approx(2 * 212 / 16384) and obj["verdict"] == "checkpoint better"
+    # one Holm family: object, goal and the Average (its p the bootstrap's)
+    family = [obj["p_value"], pb["libero_goal"]["p_value"], pb["average"]["p_value"]]
+    holm = list(multipletests(family, method="holm")[1])
+    assert [obj["p_holm"], pb["libero_goal"]["p_holm"], pb["average"]["p_holm"]] == pytest.approx(holm)
+    assert obj["p_holm"] < 0.05 and obj["verdict"] == "checkpoint better"
+    assert obj["correction"] == "Holm over 3 tests (2 suites + the Average)" == pb["average"]["correction"]
     assert pb["libero_goal"]["p_value"] == pytest.approx(1.0)
     assert pb["libero_goal"]["verdict"] == "no detectable difference between the checkpoints"
     assert pb["libero_spatial"]["verdict"] == "not comparable (no shared episodes)"  # robot_r1 ran no spatial
-    assert pb["average"]["suites"] == ["libero_object", "libero_goal"] and pb["average"]["p_holm"] is None
+    assert pb["average"]["suites"] == ["libero_object", "libero_goal"] and pb["average"]["p_holm"] is not None
     assert (
         pc["libero_spatial"]["p_value"] == pytest.approx(2 / 2**15)
         and pc["libero_spatial"]["verdict"] == "checkpoint worse"
@@ -318,7 +367,8 @@ def test_compare_known_answer_one_seed(tmp_path):
 
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## robot_r1 vs sft" in md and "| libero_goal/9 |" in md and "checkpoint better" in md
-    assert "Average is not in the Holm family" in md and "not in family" in md
+    assert "across the standard suites and the Average of one comparison" in md and "not in family" not in md
+    assert "checkpoint better (Holm over 3 tests (2 suites + the Average))" in md
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["baseline"] == "sft"
     assert (tmp_path / "rep" / "per_suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "rep" / "per_perturbation.png").exists()
@@ -345,25 +395,35 @@ def test_three_seeds_clear_effect_transfers_and_holm(tmp_path):
     pr = rep["runs"]["r1"]["paired"]
     for s in SU:
         t = pr[s]
-        assert t["n_seeds"] == 3 and t["p_method"] == "t_over_seeds" and len(t["mcnemar_per_seed"]) == 3
+        assert t["n_seeds"] == 3 and len(t["mcnemar_per_seed"]) == 3
         assert t["delta_ci95"][0] <= p["r1"][s] - 0.4 <= t["delta_ci95"][1]  # covers the true Δ
         d = seed_deltas(arms, "r1", "sft", s)  # the t-test of the per-seed Δ, by hand
-        half = 4.302653 * np.std(d, ddof=1) / math.sqrt(3)
-        assert t["delta"] == pytest.approx(np.mean(d)) and t["p_value"] == pytest.approx(
-            ttest_1samp(d, 0).pvalue
-        )
+        by = {r.train_seed: r for r in arms["sft"]}
+        within = np.mean(
+            [
+                cluster_var({e: float(v) - float(by[r.train_seed].cells[(s, "none")][e])
+                             for e, v in r.cells[(s, "none")].items()})
+                for r in arms["r1"]
+            ]
+        )  # fmt: skip
+        half, p_hand, method = floored_t(d, within)
+        assert t["p_method"] == method
+        if method == "t_over_seeds":
+            assert p_hand == pytest.approx(ttest_1samp(d, 0).pvalue)
+        assert t["delta"] == pytest.approx(np.mean(d)) and t["p_value"] == pytest.approx(p_hand)
         assert t["delta_ci95"] == pytest.approx([np.mean(d) - half, np.mean(d) + half], abs=1e-6)
     assert pr["libero_goal"]["verdict"] == "r1 transfers better than sft"
     assert pr["libero_10"]["verdict"] == "no detectable difference between the backbones (3 training seeds)"
-    raw = [pr[s]["p_value"] for s in SU]
-    assert [pr[s]["p_holm"] for s in SU] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    names = [*SU, "average"]  # one family: the four suites and the Average
+    raw = [pr[s]["p_value"] for s in names]
+    assert [pr[s]["p_holm"] for s in names] == pytest.approx(list(multipletests(raw, method="holm")[1]))
     order = np.argsort(raw)  # Holm by hand: (m - i) p_(i), running maximum, capped at 1
-    hand = np.minimum(1, np.maximum.accumulate([(4 - i) * raw[j] for i, j in enumerate(order)]))
-    assert [pr[SU[j]]["p_holm"] for j in order] == pytest.approx(list(hand))
+    hand = np.minimum(1, np.maximum.accumulate([(5 - i) * raw[j] for i, j in enumerate(order)]))
+    assert [pr[names[j]]["p_holm"] for j in order] == pytest.approx(list(hand))
     rates = rep["runs"]["r1"]["suites"]["libero_goal"]
     assert (
         rates["n_seeds"] == 3
-        and rates["ci_method"] == "t_over_seeds"
+        and rates["ci_method"] in ("t_over_seeds", "t_over_seeds_floored")
         and rates["ci95"][0] <= 0.7 <= rates["ci95"][1]
     )
     assert rep["runs"]["r1"]["pairing"]["notes"] == []
@@ -395,7 +455,7 @@ def test_delta_ci_coverage():
     n = 60
     for _ in range(n):
         pr = analyse(simulate(rng, p, seed_sd=0.10), "sft", n_boot=200)["runs"]["r1"]["paired"]
-        assert {pr[s]["p_method"] for s in [*SU, "average"]} == {"t_over_seeds"}
+        assert {pr[s]["p_method"] for s in [*SU, "average"]} <= {"t_over_seeds", "t_over_seeds_floored"}
         lo, hi = pr["average"]["delta_ci95"]
         hit_avg += lo <= np.mean(list(true.values())) <= hi
         hit_suite += sum(pr[s]["delta_ci95"][0] <= true[s] <= pr[s]["delta_ci95"][1] for s in SU)
@@ -577,27 +637,34 @@ def test_ood_three_seeds_and_no_difference():
     def mk(lab, t, cells):
         return Run(Path(f"{lab}{t}"), lab, {}, f"{lab}{t}", t, make_records(lab, cells, train_seed=t))
 
+    # Each seed's own episode noise: 500 one-episode clusters of a 0/−1 difference with mean y: y(1 − y) / 499,
+    # 0.000403 on average, just above sd² = 0.0004: the floored t-interval, s² = 0.000403
+    within = np.mean([abs(y) * (1 - abs(y)) / 499 for y in (-0.30, -0.28, -0.26)])
+    half, p_hand, method = floored_t([-0.30, -0.28, -0.26], within)
+    assert method == "t_over_seeds_floored" and half > 4.302653 * 0.02 / math.sqrt(3)
     rep = analyse(build_arms([mk(lab, t, c) for (lab, t), c in recs.items()]), "sft", n_boot=500)
     r1 = rep["ood"]["r1"]["libero_goal/lan"]
     vs = r1["vs_baseline"]
-    assert vs["delta_drop"] == pytest.approx(-0.28) and vs["p_method"] == "t_over_seeds"
-    assert vs["delta_drop_ci95"] == pytest.approx([-0.329683, -0.230317], abs=1e-6)
-    assert (
-        vs["p_value"] == pytest.approx(1 - math.sqrt(588 / 590), rel=1e-6) and vs["p_holm"] == vs["p_value"]
-    )
+    assert vs["delta_drop"] == pytest.approx(-0.28) and vs["p_method"] == method
+    assert vs["delta_drop_ci95"] == pytest.approx([-0.28 - half, -0.28 + half], abs=1e-6)
+    assert vs["p_value"] == pytest.approx(p_hand, rel=1e-6) and vs["p_holm"] == vs["p_value"]
     assert vs["verdict"] == "r1 loses less under lan than sft"
+    within = np.mean([y * (1 - y) / 499 for y in (0.10, 0.12, 0.14)])  # r1's drops: 0/1 per cluster
+    half, _, method = floored_t([0.10, 0.12, 0.14], within)
     assert r1["drop"] == pytest.approx(0.12) and r1["drop_ci95"] == pytest.approx(
-        [0.070317, 0.169683], abs=1e-6
+        [0.12 - half, 0.12 + half], abs=1e-6
     )
-    assert r1["ci_method"] == "t_over_seeds" and r1["success"] == pytest.approx(0.68)
-    # sft's seeds are identical (sd = 0): its success falls back to the pooled bootstrap, and so does a Δ drop
-    # the seeds agree on exactly
-    assert rep["ood"]["sft"]["libero_goal/lan"]["ci_method"] == "bootstrap_sd0"
+    assert r1["ci_method"].startswith("t_over_seeds") and r1["success"] == pytest.approx(0.68)
+    # sft's seeds are identical (sd = 0): its success is the t-interval floored at the episode noise, and so is
+    # a Δ drop the seeds agree on exactly (−0.3 each: 0.3 · 0.7 / 499); never the degenerate sd = 0
+    assert rep["ood"]["sft"]["libero_goal/lan"]["ci_method"] == "t_over_seeds_floored"
     recs |= {("r1", t): ood_cells(0.8, 0.7) for t in range(3)}
     rep = analyse(build_arms([mk(lab, t, c) for (lab, t), c in recs.items()]), "sft", n_boot=500)
     vs = rep["ood"]["r1"]["libero_goal/lan"]["vs_baseline"]
-    assert vs["p_method"] == "bootstrap_sd0" and vs["delta_drop_ci95"][1] < 0 and vs["p_value"] == 1 / 500
-    assert vs["verdict"] == "r1 loses less under lan than sft"
+    half, p_hand, _ = floored_t([-0.3, -0.3, -0.3], 0.3 * 0.7 / 499)
+    assert vs["p_method"] == "t_over_seeds_floored" and vs["p_value"] == pytest.approx(p_hand, rel=1e-6)
+    assert vs["delta_drop_ci95"] == pytest.approx([-0.3 - half, -0.3 + half], abs=1e-6)
+    assert vs["delta_drop_ci95"][1] < 0 and vs["verdict"] == "r1 loses less under lan than sft"
     same = analyse(
         build_arms([mk("sft", 0, ood_cells(0.8, 0.5)), mk("r1", 0, ood_cells(0.8, 0.5))]), "sft", n_boot=500
     )

@@ -29,6 +29,11 @@ RENAME_HINT = (
 )
 
 
+class BackboneMismatchError(ValueError):
+    """The checkpoint was trained on another backbone than the one it is loaded with (a refusal of the input,
+    explained in the message; `r1vla eval` prints it without a traceback)."""
+
+
 @PreTrainedConfig.register_subclass("r1vla")
 @dataclass
 class R1VLAConfig(PreTrainedConfig):

@@ -25,7 +25,7 @@ from adapters import build_backbone
 from vla import VLAModel, make_head
 
 from .augment_r1vla import augment, center_crop
-from .configuration_r1vla import RENAME_HINT, R1VLAConfig
+from .configuration_r1vla import RENAME_HINT, BackboneMismatchError, R1VLAConfig
 from .processor_r1vla import PROMPT_KEY
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -291,7 +291,7 @@ def check_backbone(model: R1VLAPolicy, folder: Path) -> None:
         "--policy.backbone_path=PATH), or pass --allow-backbone-mismatch / --policy.allow_backbone_mismatch=true"
     )
     if not cfg.allow_backbone_mismatch:
-        raise ValueError(message)
+        raise BackboneMismatchError(message)
     logging.warning("r1vla: %s (allowed)", message)
 
 
