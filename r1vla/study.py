@@ -28,12 +28,27 @@ REPO = Path(__file__).resolve().parents[1]
 class Study(StageRunner):
     """The study's stages, in order; bookkeeping (markers, resume, the config as run) in r1vla/stages.py."""
 
-    def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print):
+    def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print, budget=None):
         super().__init__(out, cfg.to_dict(), log)
         self.cfg = cfg
+        self.budget = budget  # GPUs the plan and the launchers assume (r1vla.gpu_plan.Budget); None = those seen
+
+    def check_plan(self) -> None:
+        """The GPU plan of every stage, before the first: a study that cannot finish is refused, naming the stage."""
+        from r1vla.gpu_stages import detected_budget, plan_study, render
+
+        self.budget = self.budget or detected_budget()
+        if self.budget is None:
+            self.log("[study] plan: no GPU seen; the GPU plan is not checked (`r1vla study --plan --gpus N ...`)")
+            return
+        text, rc = render(plan_study(self.cfg, self.budget), self.budget)
+        self.log(text)
+        if rc:
+            raise ValueError(f"refusing to start: {text.splitlines()[-1].removeprefix('plan: ')} (plan above)")
 
     # --- stages --------------------------------------------------------------------------------------------
     def run(self) -> Path:
+        self.check_plan()
         self.write_config()
         data = self.stage("data", self.prepare_data)
         self.stage("starts", lambda: self.check_starts(data))  # refuses before any training
@@ -94,11 +109,17 @@ class Study(StageRunner):
 
     def prepare_backbone(self, b: BackboneSpec, mcqa: dict | None = None) -> dict:
         if b.build:
-            from reasoning.train import train_backbone
+            from r1vla.gpu_stages import build_launcher
 
             out = self.out / "backbones" / b.label
-            path = train_backbone(b.build, b.base, mcqa["path"], out, **b.build_args)
-            return {"path": str(path), "built": b.build, "base": b.base}
+            launcher = build_launcher(self.cfg, b, self.budget)
+            cmd = [*launcher, *([] if launcher else [sys.executable]), "-m", "reasoning.train", b.build]
+            cmd += ["--base", b.base, "--mcqa", mcqa["path"], "--out", str(out)]
+            cmd += ["--hparams", json.dumps(b.build_args)]
+            self.log("[study] " + " ".join(cmd))
+            if subprocess.run(cmd, cwd=REPO).returncode != 0 or not out.is_dir():
+                raise RuntimeError(f"backbone build exited with an error: {' '.join(cmd)}")
+            return {"path": str(out), "built": b.build, "base": b.base, "launcher": launcher}
         if b.standin_seed is None:
             return {"path": b.path}
         from adapters import build_tiny_checkpoint
@@ -174,7 +195,7 @@ class Study(StageRunner):
             f"--dataset.episodes={data['train_episodes']}",
             f"--output_dir={self.out / 'train' / b.label / f'seed{seed}'}",
             f"--steps={t.steps}",
-            f"--batch_size={t.batch_size}",
+            f"--batch_size={self.batch_split()[1]}",  # per process: train.batch_size is the global batch
             f"--seed={seed}",
             f"--num_workers={t.num_workers}",
             f"--save_freq={min(t.save_freq, t.steps)}",
@@ -183,8 +204,17 @@ class Study(StageRunner):
         ]
         return args
 
+    def batch_split(self) -> tuple[list[str], int]:
+        """(launcher, per-process batch) of the VLA training: the global batch over the launcher's processes."""
+        from r1vla.gpu_stages import train_launcher
+        from r1vla.launch import processes, split_batch
+
+        launcher = train_launcher(self.cfg, self.budget)
+        return launcher, split_batch(self.cfg.train.batch_size, processes(launcher))[0]
+
     def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> dict:
         t = self.cfg.train
+        launcher, per_process = self.batch_split()
         run = self.out / "train" / b.label / f"seed{seed}"
         ckpt = run / "checkpoints" / "last" / "pretrained_model"
         args = full = self.train_args(b, seed, backbone_path, data)
@@ -196,7 +226,7 @@ class Study(StageRunner):
             aside = run.with_name(f"seed{seed}.incomplete-{int(time.time())}")
             run.rename(aside)
             self.log(f"[study] {run} had no checkpoint yet: moved to {aside}, starting again")
-        cmd = [*t.launcher, *([] if t.launcher else [sys.executable]), "-m", "r1vla.train", *args]
+        cmd = [*launcher, *([] if launcher else [sys.executable]), "-m", "r1vla.train", *args]
         self.log("[study] " + " ".join(cmd))
         proc = subprocess.run(cmd, cwd=REPO)
         if proc.returncode != 0:
@@ -211,6 +241,9 @@ class Study(StageRunner):
             "seed": seed,
             "args": full,
             "resumed": args is not full,
+            "global_batch": t.batch_size,
+            "processes": t.batch_size // per_process,
+            "per_process_batch": per_process,
         }
 
     def check_identity(self, seed: int) -> dict:
@@ -359,6 +392,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dump-config", action="store_true", help="print the resolved config as YAML and exit"
     )
+    from r1vla.gpu_stages import add_plan_arguments
+
+    add_plan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,9 +407,20 @@ def run(args: argparse.Namespace) -> int:
     if args.dump_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from r1vla.gpu_stages import budget_from_args, plan_study, render
+
+    try:
+        budget = budget_from_args(args)
+        if args.plan:
+            text, rc = render(plan_study(cfg, budget), budget, f"study {cfg.name}: GPU plan")
+            print(text)
+            return rc
+    except ValueError as e:
+        print(f"r1vla study: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or REPO / "runs" / cfg.name)
     try:
-        report = Study(cfg, out).run()
+        report = Study(cfg, out, budget=budget).run()
     except (StageFailed, ValueError) as e:
         print(f"r1vla study: {e}", file=sys.stderr)
         return 1
