@@ -58,7 +58,12 @@ MID_VISION = dict(QWEN2_5_VL_7B_VISION, depth=8, hidden_size=640, intermediate_s
 MID_VISION.update(out_hidden_size=896, fullatt_block_indexes=[3, 7])
 MID_IDS = dict(image_token_id=32000, video_token_id=32001, vision_start_token_id=32002)
 
-HUB_7B = ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "robot_r1", "sft")  # names that mean the 7B architecture
+HUB_7B = (
+    "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2_5_vl",
+    "robot_r1",
+    "sft",
+)  # names that mean the 7B architecture
 NAMES = ("7b", "mid", "tiny")
 
 

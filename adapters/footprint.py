@@ -5,8 +5,8 @@ built from its config under PyTorch's FakeTensorMode, one forward (+ backward) t
 Only the vision tower's index bookkeeping is skipped: Qwen2.5-VL computes its rotary positions, window order and
 attention boundaries from the values of `image_grid_thw` (data-dependent, impossible on fake tensors). Here the
 same modules (patch embedding, every block, the merger) run on the same shapes with per-image attention
-boundaries given as Python integers (its windowed blocks attend within 8x8-patch windows: only the attention
-scores of a math-kernel sdpa differ, a few MB per image); the mrope position ids of the language model are plain positions (same
+boundaries given as Python integers (windows of 64 consecutive patches of each image where Qwen pads its 8x8
+windows: the same number of attention scores when the patch grid divides by 8); the mrope position ids of the language model are plain positions (same
 shape). Memory and FLOPs depend on shapes only, so what is skipped changes neither.
 """
 
@@ -25,7 +25,9 @@ class StepShape:
     text_tokens: int  # text tokens per sequence (prompt + completion)
     images: int = 1  # images per sequence
     image_size: int = 224  # square side in pixels (a multiple of 28)
-    queries: int = 0  # learned query tokens appended (the VLA flow head's future tokens), gradients flow to them
+    queries: int = (
+        0  # learned query tokens appended (the VLA flow head's future tokens), gradients flow to them
+    )
     lm_head: bool = True  # a causal-LM loss over the vocabulary (backbone builds); False: hidden states (VLA)
     train: str = "full"  # full: every weight trains | frozen: none (gradients reach only the queries) | none
     checkpointing: bool = False  # activation (gradient) checkpointing of the decoder layers
@@ -56,7 +58,7 @@ class _Bounds:
         return _Bounds(self.b[s])
 
     def __sub__(self, other):
-        return _Bounds([a - b for a, b in zip(self.b, other.b)])
+        return _Bounds([a - b for a, b in zip(self.b, other.b, strict=True)])
 
     def tolist(self) -> list[int]:
         return list(self.b)
@@ -88,10 +90,30 @@ def _vision(visual, pixels: torch.Tensor, n_images: int, patches: int) -> torch.
     head_dim = cfg.hidden_size // cfg.num_heads
     emb = h.new_zeros(seq, head_dim)
     pos = (emb.cos(), emb.sin())
-    per_image = _Bounds([i * patches for i in range(n_images + 1)])
-    for blk in visual.blocks:  # windowed blocks attend per image too: the same activations but for sdpa's scores
-        h = blk(h, cu_seqlens=per_image, position_embeddings=pos)
+    full = _Bounds([i * patches for i in range(n_images + 1)])
+    win = (cfg.window_size // cfg.patch_size) ** 2  # patches per window (8 x 8 at 112 px)
+    windows = _Bounds(sorted({*(i + j for i in full.b[:-1] for j in range(0, patches, win)), seq}))
+    for i, blk in enumerate(visual.blocks):
+        cu = full if i in cfg.fullatt_block_indexes else windows
+        h = blk(h, cu_seqlens=cu, position_embeddings=pos)
     return visual.merger(h)
+
+
+def _forward(model, core, shape: StepShape, pixels, n_img: int, patches: int, ids, queries):
+    """(loss, sequence length): only the loss leaves, as in a trainer's step (the logits die before backward)."""
+    image = _vision(core.visual, pixels, n_img, patches).view(shape.batch, -1, queries.shape[1])
+    parts = [image, core.get_input_embeddings()(ids)]
+    if shape.queries:
+        parts.append(queries.unsqueeze(0).expand(shape.batch, -1, -1))
+    x = torch.cat(parts, dim=1)
+    seq = x.shape[1]
+    pos = torch.arange(seq).view(1, 1, seq).expand(3, shape.batch, seq)
+    hidden = core.language_model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
+    if shape.lm_head:
+        labels = torch.zeros(shape.batch, seq, dtype=torch.long)
+        cfg = model.config.text_config
+        return model.loss_function(model.lm_head(hidden), labels, vocab_size=cfg.vocab_size), seq
+    return hidden[:, -max(shape.queries, 1) :].float().pow(2).mean(), seq
 
 
 def _model_class(lm_head: bool):
@@ -105,7 +127,9 @@ def count_parameters(hf_config, lm_head: bool = True) -> tuple[int, int]:
     with torch.device("meta"):
         model = _model_class(lm_head)._from_config(hf_config, dtype=torch.bfloat16)
     layers = model.model.language_model.layers if lm_head else model.language_model.layers
-    return sum(p.numel() for p in model.parameters()), max(sum(p.numel() for p in m.parameters()) for m in layers)
+    return sum(p.numel() for p in model.parameters()), max(
+        sum(p.numel() for p in m.parameters()) for m in layers
+    )
 
 
 def step_footprint(hf_config, shape: StepShape) -> Footprint:
@@ -126,7 +150,6 @@ def step_footprint(hf_config, shape: StepShape) -> Footprint:
         if shape.checkpointing and backward:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         vis_cfg = hf_config.vision_config
-        merge = vis_cfg.spatial_merge_size
         patches = (shape.image_size // vis_cfg.patch_size) ** 2
         n_img = shape.batch * shape.images
         pixels = torch.randn(n_img * patches, PATCH_DIM, dtype=dtype)
@@ -137,20 +160,7 @@ def step_footprint(hf_config, shape: StepShape) -> Footprint:
         tracker.track_external(model)
         flops = FlopCounterMode(display=False)
         with tracker, flops, torch.set_grad_enabled(backward):
-            image = _vision(core.visual, pixels, n_img, patches).view(shape.batch, -1, queries.shape[1])
-            parts = [image, core.get_input_embeddings()(ids)]
-            if shape.queries:
-                parts.append(queries.unsqueeze(0).expand(shape.batch, -1, -1))
-            x = torch.cat(parts, dim=1)
-            seq = x.shape[1]
-            pos = torch.arange(seq).view(1, 1, seq).expand(3, shape.batch, seq)
-            hidden = core.language_model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
-            if shape.lm_head:
-                logits = model.lm_head(hidden)
-                labels = torch.zeros(shape.batch, seq, dtype=torch.long)
-                loss = model.loss_function(logits, labels, vocab_size=hf_config.text_config.vocab_size)
-            else:
-                loss = hidden[:, -max(shape.queries, 1) :].float().pow(2).mean()
+            loss, seq = _forward(model, core, shape, pixels, n_img, patches, ids, queries)
             if backward and loss.requires_grad:
                 loss.backward()
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()))

@@ -109,7 +109,9 @@ def _footprint(arch: str, shape):
     from adapters.footprint import Footprint, step_footprint
 
     cfg = qwen_config(arch)
-    key = json.dumps([cfg.to_dict(), repr(shape), torch.__version__, transformers.__version__, 1], sort_keys=True)
+    key = json.dumps(
+        [cfg.to_dict(), repr(shape), torch.__version__, transformers.__version__, 2], sort_keys=True
+    )
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "r1vla" / "footprints"
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.is_file():
@@ -130,6 +132,10 @@ def _params(arch: str, lm_head: bool = True) -> tuple[int, int]:
     return count_parameters(qwen_config(arch), lm_head)
 
 
+def count(n: float) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e5 else f"{n:.0f}"
+
+
 def arch_of(base: str) -> str:
     """The architecture name a backbone key / base / checkpoint stands for (adapters.architectures.qwen_config)."""
     from adapters.architectures import HUB_7B
@@ -144,7 +150,9 @@ def default_launcher(gpus: int, params: int, config: str | None = None) -> list[
     return launch.accelerate(config or ("fsdp" if params > BIG else "ddp"), gpus)
 
 
-def plan_backbone(stage: str, method: str, base: str, build_args: dict, budget: Budget, launcher=None) -> StagePlan:
+def plan_backbone(
+    stage: str, method: str, base: str, build_args: dict, budget: Budget, launcher=None
+) -> StagePlan:
     from adapters.footprint import StepShape
     from reasoning.recipes import TrainConfig
 
@@ -195,13 +203,17 @@ def plan_backbone(stage: str, method: str, base: str, build_args: dict, budget: 
     parts["overhead"] = OVERHEAD
     steps = tc.steps or math.ceil(tc.epochs * budget.questions / tc.batch)
     flops = fp.flops * accum * n * steps
-    if grpo:  # sampling (2 x params per token) and the reference model's forward (a third of forward+backward)
+    if (
+        grpo
+    ):  # sampling (2 x params per token) and the reference model's forward (a third of forward+backward)
         flops += steps * tc.batch * tc.num_generations * 2 * params * tc.max_completion_length
         flops += fp.flops * accum * n * steps / 3 if tc.beta > 0 else 0
     if not tc.steps:
-        notes.append(f"{steps} optimizer steps = {tc.epochs:g} epochs of {budget.questions} questions (assumed)")
+        notes.append(
+            f"{steps} optimizer steps = {tc.epochs:g} epochs of {budget.questions} questions (assumed)"
+        )
     plan = StagePlan(
-        stage, f"{method} of {base} ({params / 1e9:.2f} B parameters{', LoRA' if tc.lora else ''}), "
+        stage, f"{method} of {base} ({count(params)} parameters{', LoRA' if tc.lora else ''}), "
         f"{text} text + {shape.visual_tokens()} image tokens per sequence",
         launcher, n, per_dev, accum, tc.batch, "prompts" + f" x {tc.num_generations} samples" if grpo else "samples",
         master, "bfloat16", shard, ckpt, parts, flops, budget, notes, advice, 1 if server else 0,
@@ -215,7 +227,10 @@ def _shard_advice(plan: StagePlan, params: int, trainable: int, m: int) -> str:
     """The first thing to change: shard the weight states when they alone crowd the GPU, else the batch."""
     head = f"needs {plan.peak / GIB:.1f} GiB per GPU, {plan.budget.gpu_gib:g} GiB available; "
     states = (params + 3 * trainable) * 4  # fp32 weights, gradients and AdamW's two moments
-    if plan.sharding == "none" and plan.parts["weights"] + plan.parts["optimizer"] > 0.5 * plan.budget.gpu_gib * GIB:
+    if (
+        plan.sharding == "none"
+        and plan.parts["weights"] + plan.parts["optimizer"] > 0.5 * plan.budget.gpu_gib * GIB
+    ):
         need = max(2, math.ceil(states / (0.5 * plan.budget.gpu_gib * GIB)))
         return head + (
             f"shard fp32 weights, gradients and AdamW over >= {need} GPUs (accelerate --config_file "
@@ -233,7 +248,12 @@ def _lora_params(arch: str, r: int = 64) -> int:
     t = qwen_config(arch).text_config
     head = t.hidden_size // t.num_attention_heads
     kv = t.num_key_value_heads * head
-    dims = [(t.hidden_size, t.hidden_size), (t.hidden_size, kv), (t.hidden_size, kv), (t.hidden_size, t.hidden_size)]
+    dims = [
+        (t.hidden_size, t.hidden_size),
+        (t.hidden_size, kv),
+        (t.hidden_size, kv),
+        (t.hidden_size, t.hidden_size),
+    ]
     dims += [(t.hidden_size, t.intermediate_size)] * 2 + [(t.intermediate_size, t.hidden_size)]
     return t.num_hidden_layers * sum(r * (i + o) for i, o in dims)
 

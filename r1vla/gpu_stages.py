@@ -17,6 +17,7 @@ from r1vla.gpu_plan import (
     _footprint,
     _params,
     arch_of,
+    count,
     default_launcher,
     plan_backbone,
 )
@@ -28,7 +29,9 @@ INFER_BATCH = 8  # observations per forward in evaluation (one per env worker, b
 def _policy_fields(policy: dict) -> dict:
     from policies.r1vla import R1VLAConfig
 
-    fields = {f.name: f.default for f in dataclasses.fields(R1VLAConfig) if f.default is not dataclasses.MISSING}
+    fields = {
+        f.name: f.default for f in dataclasses.fields(R1VLAConfig) if f.default is not dataclasses.MISSING
+    }
     return {**fields, **policy}
 
 
@@ -85,7 +88,7 @@ def plan_vla_train(stage: str, policy: dict, arch: str, train, budget: Budget, l
     }
     flops = fp.flops / per_dev * train.batch_size * train.steps
     what = (
-        f"r1vla policy ({p['head']} head {head_params / 1e6:.1f} M, backbone {params / 1e9:.2f} B {mode}), "
+        f"r1vla policy ({p['head']} head {count(head_params)}, backbone {count(params)} {mode}), "
         f"{len(p['image_keys'])} views at {p['image_size']}^2 + {VLA_TEXT_TOKENS} text tokens"
     )
     plan = StagePlan(
@@ -118,14 +121,18 @@ def _hidden(arch: str) -> int:
     return qwen_config(arch).text_config.hidden_size
 
 
-def plan_inference(stage: str, what: str, arch: str, policy: dict, budget: Budget, forwards: int) -> StagePlan:
+def plan_inference(
+    stage: str, what: str, arch: str, policy: dict, budget: Budget, forwards: int
+) -> StagePlan:
     """A policy evaluated (one process per GPU-holding evaluation): bf16 weights and a no-grad forward."""
     from adapters.footprint import StepShape
 
     p = _policy_fields(policy)
     params, _ = _params(arch, lm_head=False)
     head_params, queries = _head(p["head"], _head_overrides(p), _hidden(arch))
-    shape = StepShape(INFER_BATCH, VLA_TEXT_TOKENS, len(p["image_keys"]), p["image_size"], queries, False, "none")
+    shape = StepShape(
+        INFER_BATCH, VLA_TEXT_TOKENS, len(p["image_keys"]), p["image_size"], queries, False, "none"
+    )
     fp = _footprint(arch, shape)
     parts = {"weights": params * 2 + head_params * 4, "activations": fp.activations, "overhead": OVERHEAD}
     flops = fp.flops / INFER_BATCH * forwards
@@ -166,10 +173,14 @@ def plan_study(cfg, budget: Budget) -> list[StagePlan]:
     plans, archs = [], {}
     build = cfg.backbone
     for b in cfg.backbones:
-        archs[b.label] = arch_of(b.base if b.build else (b.path if b.path and b.key not in ("tiny",) else b.key))
+        archs[b.label] = arch_of(
+            b.base if b.build else (b.path if b.path and b.key not in ("tiny",) else b.key)
+        )
         if b.build:
             launcher = tuple(build.launcher) if build and build.launcher else None
-            plans.append(plan_backbone(f"backbone/{b.label}", b.build, b.base, dict(b.build_args), budget, launcher))
+            plans.append(
+                plan_backbone(f"backbone/{b.label}", b.build, b.base, dict(b.build_args), budget, launcher)
+            )
     built = [b for b in cfg.backbones if b.build]
     if built and cfg.mcqa.probe:
         for name, arch in {
@@ -189,7 +200,11 @@ def plan_study(cfg, budget: Budget) -> list[StagePlan]:
     for b in cfg.backbones:
         forwards = episodes * EVAL_STEPS // max(1, p["n_action_steps"]) * len(cfg.train.seeds)
         what = f"LIBERO evaluation, {episodes} episodes per checkpoint"
-        plans.append(plan_inference(f"eval/{b.label}/seed{{{seeds}}}", what, archs[b.label], cfg.policy, budget, forwards))
+        plans.append(
+            plan_inference(
+                f"eval/{b.label}/seed{{{seeds}}}", what, archs[b.label], cfg.policy, budget, forwards
+            )
+        )
     return plans
 
 
@@ -201,7 +216,9 @@ def render(plans: list[StagePlan], budget: Budget, header: str = "") -> tuple[st
     hours = sum(p.gpu_hours() for p in plans)
     where = f"{budget.gpus} x {budget.gpu_gib:g} GiB"
     if bad:
-        lines.append(f"plan: stage {bad[0].stage} does not fit on {where} ({len(bad)} of {len(plans)} GPU stages do not)")
+        lines.append(
+            f"plan: stage {bad[0].stage} does not fit on {where} ({len(bad)} of {len(plans)} GPU stages do not)"
+        )
     else:
         lines.append(f"plan: all {len(plans)} GPU stages fit on {where}; about {hours:.0f} GPU-hours in all")
     return "\n".join(lines), 1 if bad else 0
@@ -234,24 +251,113 @@ def build_launcher(cfg, b, budget: Budget | None) -> list[str]:
 # --- command line ------------------------------------------------------------------------------------------
 def add_plan_arguments(parser) -> None:
     g = parser.add_argument_group("GPU plan")
-    g.add_argument("--plan", action="store_true", help="print every GPU stage's plan (memory, batch, GPU-hours), exit")
-    g.add_argument("--gpus", type=int, default=None, help="GPUs to plan for (default: those this process sees)")
+    g.add_argument(
+        "--plan", action="store_true", help="print every GPU stage's plan (memory, batch, GPU-hours), exit"
+    )
+    g.add_argument(
+        "--gpus", type=int, default=None, help="GPUs to plan for (default: those this process sees)"
+    )
     g.add_argument("--gpu-memory", type=float, default=None, metavar="GiB", help="memory of each GPU")
-    g.add_argument("--gpu-tflops", type=float, default=312.0, help="dense bf16 peak per GPU (A100 312, H100 989)")
+    g.add_argument(
+        "--gpu-tflops", type=float, default=312.0, help="dense bf16 peak per GPU (A100 312, H100 989)"
+    )
     g.add_argument("--utilisation", type=float, default=0.4, help="fraction of the peak a step reaches")
-    g.add_argument("--mcqa-questions", type=int, default=20000, help="MCQA training questions (before mcqa has run)")
+    g.add_argument(
+        "--mcqa-questions", type=int, default=20000, help="MCQA training questions (before mcqa has run)"
+    )
 
 
 def budget_from_args(args) -> Budget | None:
     """The Budget of --gpus / --gpu-memory (both, or neither: then the GPUs seen; None when there are none)."""
     extra = dict(tflops=args.gpu_tflops, utilisation=args.utilisation, questions=args.mcqa_questions)
     if (args.gpus is None) != (args.gpu_memory is None):
-        raise ValueError("give --gpus N and --gpu-memory GiB together (or neither: the GPUs this machine has)")
+        raise ValueError(
+            "give --gpus N and --gpu-memory GiB together (or neither: the GPUs this machine has)"
+        )
     if args.gpus is not None:
         if args.gpus < 1 or args.gpu_memory <= 0:
-            raise ValueError(f"--gpus must be >= 1 and --gpu-memory > 0; got {args.gpus} and {args.gpu_memory}")
+            raise ValueError(
+                f"--gpus must be >= 1 and --gpu-memory > 0; got {args.gpus} and {args.gpu_memory}"
+            )
         return Budget(args.gpus, args.gpu_memory, **extra)
     seen = detected_budget()
     if seen is None and getattr(args, "plan", False):
         raise ValueError("no GPU seen here: plan for a machine with --gpus N --gpu-memory GiB")
     return dataclasses.replace(seen, **extra) if seen else None
+
+
+def train_plan_cli(argv: list[str]) -> int:
+    """`r1vla train --plan --gpus N --gpu-memory GiB --policy.…=… --batch_size B --steps S`: the plan of one
+    lerobot-train run, where --batch_size is lerobot-train's, per process (the study's train.batch_size is global)."""
+    import argparse
+    import sys
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="r1vla train --plan")
+    add_plan_arguments(parser)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100000)
+    parser.add_argument(
+        "--launcher", default=None, help="e.g. 'accelerate launch --num_processes 8' (default: auto)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    policy = {}
+    for item in rest:
+        key, sep, value = item.removeprefix("--policy.").partition("=")
+        if item.startswith("--policy.") and sep and key not in ("type", "device", "push_to_hub", "repo_id"):
+            policy[key] = yaml.safe_load(value)
+    try:
+        budget = budget_from_args(args)
+        key, path = policy.pop("backbone", "tiny"), policy.pop("backbone_path", None)
+        arch = arch_of(path if path and key not in ("robot_r1", "sft", "qwen2_5_vl") else key)
+        launcher = args.launcher.split() if args.launcher else default_launcher(budget.gpus, 0, "ddp")
+        spec = dataclasses.make_dataclass("T", ["batch_size", "steps"])
+        train = spec(args.batch_size * launch.processes(launcher), args.steps)
+        text, rc = render([plan_vla_train("train", policy, arch, train, budget, launcher)], budget)
+    except ValueError as e:
+        print(f"r1vla train: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return rc
+
+
+def check_study(cfg, budget: Budget | None, log) -> Budget | None:
+    """Before a study's first stage: its plan on `budget` (default: the GPUs seen); ValueError naming the first
+    stage that does not fit. Without a GPU nothing is checked (said in the log). Returns the budget used."""
+    budget = budget or detected_budget()
+    if budget is None:
+        log("[study] plan: no GPU seen; the GPU plan is not checked (`r1vla study --plan --gpus N ...`)")
+        return None
+    text, rc = render(plan_study(cfg, budget), budget)
+    log(text)
+    if rc:
+        raise ValueError(f"refusing to start: {text.splitlines()[-1].removeprefix('plan: ')} (plan above)")
+    return budget
+
+
+def build_command(cfg, b, budget: Budget | None, mcqa: str, out) -> tuple[list[str], list[str]]:
+    """(launcher, command) of the backbone build `b` (a BackboneSpec with `build`): `r1vla backbone` through it."""
+    import json
+    import sys
+
+    launcher = build_launcher(cfg, b, budget)
+    cmd = [*launcher, *([] if launcher else [sys.executable]), "-m", "reasoning.train", b.build]
+    cmd += ["--base", b.base, "--mcqa", str(mcqa), "--out", str(out), "--hparams", json.dumps(b.build_args)]
+    return launcher, cmd
+
+
+def plan_command(args, cfg) -> tuple[Budget | None, int | None]:
+    """`r1vla study [--plan] [--gpus N --gpu-memory GiB]`: (budget, exit code when --plan printed the plan)."""
+    budget = budget_from_args(args)
+    if not args.plan:
+        return budget, None
+    text, rc = render(plan_study(cfg, budget), budget, f"study {cfg.name}: GPU plan")
+    print(text)
+    return budget, rc
+
+
+def vla_batch(cfg, budget: Budget | None) -> tuple[list[str], int]:
+    """(launcher, per-process batch) of the study's VLA training: train.batch_size (global) over the processes."""
+    launcher = train_launcher(cfg, budget)
+    return launcher, launch.split_batch(cfg.train.batch_size, launch.processes(launcher))[0]

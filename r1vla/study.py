@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from r1vla import study_config
+from r1vla import gpu_stages, study_config
 from r1vla.stages import StageFailed, StageRunner
 from r1vla.study_config import BackboneSpec, StudyConfig
 
@@ -31,24 +31,11 @@ class Study(StageRunner):
     def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print, budget=None):
         super().__init__(out, cfg.to_dict(), log)
         self.cfg = cfg
-        self.budget = budget  # GPUs the plan and the launchers assume (r1vla.gpu_plan.Budget); None = those seen
-
-    def check_plan(self) -> None:
-        """The GPU plan of every stage, before the first: a study that cannot finish is refused, naming the stage."""
-        from r1vla.gpu_stages import detected_budget, plan_study, render
-
-        self.budget = self.budget or detected_budget()
-        if self.budget is None:
-            self.log("[study] plan: no GPU seen; the GPU plan is not checked (`r1vla study --plan --gpus N ...`)")
-            return
-        text, rc = render(plan_study(self.cfg, self.budget), self.budget)
-        self.log(text)
-        if rc:
-            raise ValueError(f"refusing to start: {text.splitlines()[-1].removeprefix('plan: ')} (plan above)")
+        self.budget = budget  # GPUs for the plan and the launchers (r1vla.gpu_plan.Budget); None = those seen
 
     # --- stages --------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        self.check_plan()
+        self.budget = gpu_stages.check_study(self.cfg, self.budget, self.log)  # refuses what cannot finish
         self.write_config()
         data = self.stage("data", self.prepare_data)
         self.stage("starts", lambda: self.check_starts(data))  # refuses before any training
@@ -109,13 +96,8 @@ class Study(StageRunner):
 
     def prepare_backbone(self, b: BackboneSpec, mcqa: dict | None = None) -> dict:
         if b.build:
-            from r1vla.gpu_stages import build_launcher
-
             out = self.out / "backbones" / b.label
-            launcher = build_launcher(self.cfg, b, self.budget)
-            cmd = [*launcher, *([] if launcher else [sys.executable]), "-m", "reasoning.train", b.build]
-            cmd += ["--base", b.base, "--mcqa", mcqa["path"], "--out", str(out)]
-            cmd += ["--hparams", json.dumps(b.build_args)]
+            launcher, cmd = gpu_stages.build_command(self.cfg, b, self.budget, mcqa["path"], out)
             self.log("[study] " + " ".join(cmd))
             if subprocess.run(cmd, cwd=REPO).returncode != 0 or not out.is_dir():
                 raise RuntimeError(f"backbone build exited with an error: {' '.join(cmd)}")
@@ -195,7 +177,7 @@ class Study(StageRunner):
             f"--dataset.episodes={data['train_episodes']}",
             f"--output_dir={self.out / 'train' / b.label / f'seed{seed}'}",
             f"--steps={t.steps}",
-            f"--batch_size={self.batch_split()[1]}",  # per process: train.batch_size is the global batch
+            f"--batch_size={gpu_stages.vla_batch(self.cfg, self.budget)[1]}",  # per process (global / processes)
             f"--seed={seed}",
             f"--num_workers={t.num_workers}",
             f"--save_freq={min(t.save_freq, t.steps)}",
@@ -204,17 +186,9 @@ class Study(StageRunner):
         ]
         return args
 
-    def batch_split(self) -> tuple[list[str], int]:
-        """(launcher, per-process batch) of the VLA training: the global batch over the launcher's processes."""
-        from r1vla.gpu_stages import train_launcher
-        from r1vla.launch import processes, split_batch
-
-        launcher = train_launcher(self.cfg, self.budget)
-        return launcher, split_batch(self.cfg.train.batch_size, processes(launcher))[0]
-
     def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> dict:
         t = self.cfg.train
-        launcher, per_process = self.batch_split()
+        launcher, per_process = gpu_stages.vla_batch(self.cfg, self.budget)
         run = self.out / "train" / b.label / f"seed{seed}"
         ckpt = run / "checkpoints" / "last" / "pretrained_model"
         args = full = self.train_args(b, seed, backbone_path, data)
@@ -392,9 +366,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dump-config", action="store_true", help="print the resolved config as YAML and exit"
     )
-    from r1vla.gpu_stages import add_plan_arguments
-
-    add_plan_arguments(parser)
+    gpu_stages.add_plan_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -407,17 +379,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dump_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from r1vla.gpu_stages import budget_from_args, plan_study, render
-
     try:
-        budget = budget_from_args(args)
-        if args.plan:
-            text, rc = render(plan_study(cfg, budget), budget, f"study {cfg.name}: GPU plan")
-            print(text)
-            return rc
+        budget, rc = gpu_stages.plan_command(
+            args, cfg
+        )  # --plan: printed, rc; else the GPUs to plan the study for
     except ValueError as e:
         print(f"r1vla study: {e}", file=sys.stderr)
         return 2
+    if rc is not None:
+        return rc
     out = Path(args.out or REPO / "runs" / cfg.name)
     try:
         report = Study(cfg, out, budget=budget).run()

@@ -53,9 +53,13 @@ class TrainConfig:
     logging_steps: int = 1  # log every N steps
     warn_every: int = 10  # grpo: at most one "no learning signal" warning per this many steps
     flat_group_warn: float = 0.5  # grpo: warn when this fraction of a step's groups has identical rewards
-    gradient_checkpointing: bool | None = None  # recompute activations; None = on above 1 B parameters (the 7B)
+    gradient_checkpointing: bool | None = (
+        None  # recompute activations; None = on above 1 B parameters (the 7B)
+    )
     use_vllm: bool | None = None  # grpo: None = when vllm is installed and CUDA is there
-    vllm_mode: str = "colocate"  # grpo: colocate (in the trainer's GPUs) | server (`trl vllm-serve` on its own GPU)
+    vllm_mode: str = (
+        "colocate"  # grpo: colocate (in the trainer's GPUs) | server (`trl vllm-serve` on its own GPU)
+    )
     vllm_gpu_memory_utilization: float = 0.3  # grpo colocate: vLLM's share of each GPU (TRL's default)
     limit: int | None = None  # train on the first N training questions only (smoke tests)
     seed: int = 0  # trainer seed (data order, sampling, LoRA init)
@@ -134,13 +138,19 @@ def _common_args(cfg: TrainConfig, out_dir: str, world: int, base_path: str) -> 
             logging_steps=cfg.logging_steps,
             report_to=report,
             bf16=torch.cuda.is_available(),
+            # without CUDA, transformers sets up no process group under a launcher unless told: each process would
+            # train alone at world size 1 (and race the others to the output folder)
+            use_cpu=not torch.cuda.is_available(),
+            ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
             seed=cfg.seed,
             data_seed=cfg.seed,
             remove_unused_columns=False,
             dataloader_num_workers=0,
             gradient_checkpointing=checkpointing(cfg, base_path),
             # sharded (FSDP / ZeRO-3): fp32 master weights, bf16 compute by mixed precision; one GPU: bf16 weights
-            model_init_kwargs={"dtype": "bfloat16" if torch.cuda.is_available() and not sharded() else "float32"},
+            model_init_kwargs={
+                "dtype": "bfloat16" if torch.cuda.is_available() and not sharded() else "float32"
+            },
             disable_tqdm=True,
         ),
         micro,

@@ -30,7 +30,14 @@ def config_path(name_or_path: str) -> Path:
 
 def accelerate(config: str, processes: int) -> list[str]:
     """`accelerate launch --config_file CONFIG --num_processes N` (a launcher prefix: `-m module ...` follows)."""
-    return ["accelerate", "launch", "--config_file", str(config_path(config)), "--num_processes", str(processes)]
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(config_path(config)),
+        "--num_processes",
+        str(processes),
+    ]
 
 
 def _flag(launcher: list[str] | tuple[str, ...], names: tuple[str, ...]) -> str | None:
@@ -52,7 +59,8 @@ def processes(launcher: list[str] | tuple[str, ...]) -> int:
     try:
         return max(1, int(value)) if value is not None else 1
     except ValueError:
-        raise ValueError(f"launcher {' '.join(launcher)!r}: number of processes {value!r} is not an integer")
+        msg = f"launcher {' '.join(launcher)!r}: number of processes {value!r} is not an integer"
+        raise ValueError(msg) from None
 
 
 def sharding(launcher: list[str] | tuple[str, ...]) -> str:
