@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         "utilisation_measured": flops / step_s / (a.gpu_tflops * 1e12),
     }
     print("RESULT " + json.dumps(row), flush=True)
+    print(
+        f"ROW {a.stage:<14} {row['predicted_gib']:14.2f} {row['measured_gib']:14.2f} {want_s:12.3f} {step_s:12.3f} "
+        f"{row['utilisation_measured']:8.1%}"
+    )
+    print(f"RATIO {row['measured_gib'] / max(row['predicted_gib'], 1e-9):.2f}", flush=True)
     return 0
 
 
