@@ -28,33 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Qwen/Qwen2.5-VL-7B-Instruct config.json (text + vision), the numbers that set the compute
-QWEN2_5_VL_7B_TEXT = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    rms_norm_eps=1e-6,
-    rope_theta=1e6,
-    vocab_size=152064,
-    max_position_embeddings=128000,
-    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-)
-QWEN2_5_VL_7B_VISION = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    out_hidden_size=3584,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-    tokens_per_second=2,
-    hidden_act="silu",
-)
+from adapters.architectures import QWEN2_5_VL_7B_TEXT, QWEN2_5_VL_7B_VISION  # noqa: E402  (one definition)
+
 TASK = "put both the alphabet soup and the tomato sauce in the basket"
 TINY_HEAD = dict(
     head_hidden=64, head_layers=2, head_heads=2, vl_self_attn_layers=1, num_future_tokens=4

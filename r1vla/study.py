@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from r1vla import study_config
+from r1vla import gpu_stages, study_config, study_power
 from r1vla.stages import StageFailed, StageRunner
 from r1vla.study_config import BackboneSpec, StudyConfig
 
@@ -28,12 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 class Study(StageRunner):
     """The study's stages, in order; bookkeeping (markers, resume, the config as run) in r1vla/stages.py."""
 
-    def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print):
+    def __init__(self, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print, budget=None):
         super().__init__(out, cfg.to_dict(), log)
         self.cfg = cfg
+        self.budget = budget  # GPUs for the plan and the launchers (r1vla.gpu_plan.Budget); None = those seen
 
     # --- stages --------------------------------------------------------------------------------------------
     def run(self) -> Path:
+        self.budget = gpu_stages.check_study(self.cfg, self.budget, self.log)  # refuses what cannot finish
         self.write_config()
         data = self.stage("data", self.prepare_data)
         self.stage("starts", lambda: self.check_starts(data))  # refuses before any training
@@ -94,11 +96,12 @@ class Study(StageRunner):
 
     def prepare_backbone(self, b: BackboneSpec, mcqa: dict | None = None) -> dict:
         if b.build:
-            from reasoning.train import train_backbone
-
             out = self.out / "backbones" / b.label
-            path = train_backbone(b.build, b.base, mcqa["path"], out, **b.build_args)
-            return {"path": str(path), "built": b.build, "base": b.base}
+            launcher, cmd = gpu_stages.build_command(self.cfg, b, self.budget, mcqa["path"], out)
+            self.log("[study] " + " ".join(cmd))
+            if subprocess.run(cmd, cwd=REPO).returncode != 0 or not out.is_dir():
+                raise RuntimeError(f"backbone build exited with an error: {' '.join(cmd)}")
+            return {"path": str(out), "built": b.build, "base": b.base, "launcher": launcher}
         if b.standin_seed is None:
             return {"path": b.path}
         from adapters import build_tiny_checkpoint
@@ -174,7 +177,7 @@ class Study(StageRunner):
             f"--dataset.episodes={data['train_episodes']}",
             f"--output_dir={self.out / 'train' / b.label / f'seed{seed}'}",
             f"--steps={t.steps}",
-            f"--batch_size={t.batch_size}",
+            f"--batch_size={gpu_stages.vla_batch(self.cfg, self.budget)[1]}",  # per process (global / processes)
             f"--seed={seed}",
             f"--num_workers={t.num_workers}",
             f"--save_freq={min(t.save_freq, t.steps)}",
@@ -185,6 +188,7 @@ class Study(StageRunner):
 
     def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> dict:
         t = self.cfg.train
+        launcher, per_process = gpu_stages.vla_batch(self.cfg, self.budget)
         run = self.out / "train" / b.label / f"seed{seed}"
         ckpt = run / "checkpoints" / "last" / "pretrained_model"
         args = full = self.train_args(b, seed, backbone_path, data)
@@ -196,7 +200,7 @@ class Study(StageRunner):
             aside = run.with_name(f"seed{seed}.incomplete-{int(time.time())}")
             run.rename(aside)
             self.log(f"[study] {run} had no checkpoint yet: moved to {aside}, starting again")
-        cmd = [*t.launcher, *([] if t.launcher else [sys.executable]), "-m", "r1vla.train", *args]
+        cmd = [*launcher, *([] if launcher else [sys.executable]), "-m", "r1vla.train", *args]
         self.log("[study] " + " ".join(cmd))
         proc = subprocess.run(cmd, cwd=REPO)
         if proc.returncode != 0:
@@ -211,6 +215,9 @@ class Study(StageRunner):
             "seed": seed,
             "args": full,
             "resumed": args is not full,
+            "global_batch": t.batch_size,
+            "processes": t.batch_size // per_process,
+            "per_process_batch": per_process,
         }
 
     def check_identity(self, seed: int) -> dict:
@@ -359,9 +366,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dump-config", action="store_true", help="print the resolved config as YAML and exit"
     )
-    from r1vla.study_power import add_plan_arguments
-
-    add_plan_arguments(parser)
+    gpu_stages.add_plan_arguments(parser)  # --plan, --gpus, --gpu-memory, ...
+    study_power.add_power_arguments(parser)  # --target-delta, --pilot
 
 
 def run(args: argparse.Namespace) -> int:
@@ -376,13 +382,20 @@ def run(args: argparse.Namespace) -> int:
     if args.dump_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    if plan:
-        from r1vla.study_power import run_plan
-
-        return run_plan(args, cfg)
+    if not args.plan and (args.target_delta is not None or args.pilot):
+        print("r1vla study: --target-delta and --pilot apply to --plan", file=sys.stderr)
+        return 2
+    try:
+        budget, rc = gpu_stages.plan_command(args, cfg)  # --plan: printed, rc; else the GPUs to plan for
+    except ValueError as e:
+        print(f"r1vla study: {e}", file=sys.stderr)
+        return 2
+    if rc is not None:  # --plan: the GPU stages above, the design's statistical power below
+        print()
+        return study_power.print_power_plan(args, cfg) or rc
     out = Path(args.out or REPO / "runs" / cfg.name)
     try:
-        report = Study(cfg, out).run()
+        report = Study(cfg, out, budget=budget).run()
     except (StageFailed, ValueError) as e:
         print(f"r1vla study: {e}", file=sys.stderr)
         return 1

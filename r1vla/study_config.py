@@ -75,7 +75,9 @@ class DataSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     steps: int = 60000  # optimisation steps
-    batch_size: int = 32  # per process
+    batch_size: int = (
+        32  # the global batch: split over the launcher's processes (refused if it does not divide)
+    )
     seeds: tuple[int, ...] = (
         42,
         43,
@@ -85,8 +87,20 @@ class TrainSpec:
     save_freq: int = 10000  # checkpoint every N steps (an interrupted run resumes from the last one)
     log_freq: int = 100  # TensorBoard / console logging
     device: str = "auto"  # auto = cuda when available, else cpu
-    launcher: tuple[str, ...] = ()  # e.g. [accelerate, launch, --num_processes, "8"]; empty = one process
+    launcher: tuple[
+        str, ...
+    ] = ()  # e.g. [accelerate, launch, --num_processes, "8"]; empty = auto: accelerate
+    #   (r1vla/launch/ddp.yaml) over every visible GPU when there are several, else one process
     extra_args: tuple[str, ...] = ()  # passed to lerobot-train verbatim
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How the backbone builds (`backbones[].build`) run: one subprocess each, through this launcher."""
+
+    launcher: tuple[str, ...] = ()  # e.g. [accelerate, launch, --config_file, r1vla/launch/fsdp.yaml,
+    #   --num_processes, "8"]; empty = auto: accelerate over every visible GPU when there are several
+    #   (FSDP above 1 B parameters), else one process
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,7 @@ class StudyConfig:
         MCQASpec()
     )  # the questions built backbones train on (used only if a backbone has `build`)
     standin_note: bool = False  # the report says plainly that stand-in backbones were used
+    backbone: BuildSpec = BuildSpec()  # how backbone builds are launched
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -148,7 +163,13 @@ def _build(cls, raw: dict, where: str):
 def from_dict(raw: dict) -> StudyConfig:
     raw = dict(raw)
     backbones = tuple(_build(BackboneSpec, b, "backbones[]") for b in raw.pop("backbones", []))
-    sections = {"data": DataSpec, "train": TrainSpec, "eval": EvalSpec, "mcqa": MCQASpec}
+    sections = {
+        "data": DataSpec,
+        "train": TrainSpec,
+        "eval": EvalSpec,
+        "mcqa": MCQASpec,
+        "backbone": BuildSpec,
+    }
     built = {k: _build(cls, raw.pop(k, {}), k) for k, cls in sections.items()}
     cfg = _build(StudyConfig, {**raw, "backbones": backbones}, "study")
     return validate(dataclasses.replace(cfg, **built))
@@ -225,6 +246,12 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     seeds = list(cfg.train.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) for x in seeds):
         raise ValueError(f"train.seeds must be distinct integers, e.g. [42, 43, 44]; got {seeds}")
+    if (
+        cfg.train.launcher
+    ):  # the global batch over the launcher's processes (auto launchers: checked by the plan)
+        from r1vla.launch import processes, split_batch
+
+        split_batch(cfg.train.batch_size, processes(cfg.train.launcher))
     if cfg.eval.train_starts < 0:
         raise ValueError(f"eval.train_starts must be >= 0; got {cfg.eval.train_starts}")
     for key in cfg.policy:
@@ -304,7 +331,15 @@ PRESETS: dict[str, StudyConfig] = {
         name="paper-r1",
         policy=dict(PAPER.policy),  # its own dict: nothing shared and mutable between presets
         backbones=(
-            BackboneSpec("robot_r1", "robot_r1", build="grpo", base="Qwen/Qwen2.5-VL-7B-Instruct"),
+            # one prompt (5 completions of up to 1024 tokens) per device and forward: the (5, 1325, 152064)
+            # logits of four prompts would not fit an 80 GiB GPU next to vLLM (`r1vla study --plan`)
+            BackboneSpec(
+                "robot_r1",
+                "robot_r1",
+                build="grpo",
+                base="Qwen/Qwen2.5-VL-7B-Instruct",
+                build_args={"micro_batch": 1},
+            ),
             BackboneSpec("sft", "sft", build="sft", base="Qwen/Qwen2.5-VL-7B-Instruct"),
             BackboneSpec("base", "qwen2_5_vl"),
         ),

@@ -106,13 +106,8 @@ def power_plan_lines(
     return lines
 
 
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    """`r1vla study`'s --plan, --target-delta and --pilot."""
-    parser.add_argument(
-        "--plan",
-        action="store_true",
-        help="print the design's statistical power (minimum detectable Δ, seeds needed) and exit",
-    )
+def add_power_arguments(parser: argparse.ArgumentParser) -> None:
+    """`r1vla study --plan`'s power flags: --target-delta and --pilot (--plan itself: r1vla.gpu_stages)."""
     parser.add_argument(
         "--target-delta",
         type=float,
@@ -128,11 +123,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_plan(args: argparse.Namespace, cfg: StudyConfig) -> int:
-    """Print the plan (exit 0), or the refusal of its flags (exit 2)."""
-    if not args.plan:
-        print("r1vla study: --target-delta and --pilot apply to --plan", file=sys.stderr)
-        return 2
+def print_power_plan(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    """Print the power part of the plan (0), or the refusal of its flags (2)."""
     try:
         print("\n".join(power_plan_lines(cfg, args.target_delta, args.pilot)))
     except ValueError as e:

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if "--plan" in args.passthrough:  # the GPU plan of this run (r1vla/gpu_stages.py), nothing trains
+        from r1vla.gpu_stages import train_plan_cli
+
+        return train_plan_cli(args.passthrough)
     return main(args.passthrough)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from hints import check as _check_choice
 
 METHODS = ("sft", "grpo")
+VLLM_MODES = ("colocate", "server")
 DEFAULT_LR = {"grpo": 1e-6, "sft": 1e-5}  # grpo: Robot-R1 / EasyR1; sft: our choice (no source)
 LORA_TARGETS = r"^model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
 
@@ -52,8 +53,14 @@ class TrainConfig:
     logging_steps: int = 1  # log every N steps
     warn_every: int = 10  # grpo: at most one "no learning signal" warning per this many steps
     flat_group_warn: float = 0.5  # grpo: warn when this fraction of a step's groups has identical rewards
-    gradient_checkpointing: bool = False  # recompute activations (7B full fine-tune on one GPU needs it)
-    use_vllm: bool | None = None  # grpo: None = when vllm is installed and CUDA is there (colocate mode)
+    gradient_checkpointing: bool | None = (
+        None  # recompute activations; None = on above 1 B parameters (the 7B)
+    )
+    use_vllm: bool | None = None  # grpo: None = when vllm is installed and CUDA is there
+    vllm_mode: str = (
+        "colocate"  # grpo: colocate (in the trainer's GPUs) | server (`trl vllm-serve` on its own GPU)
+    )
+    vllm_gpu_memory_utilization: float = 0.3  # grpo colocate: vLLM's share of each GPU (TRL's default)
     limit: int | None = None  # train on the first N training questions only (smoke tests)
     seed: int = 0  # trainer seed (data order, sampling, LoRA init)
 
@@ -65,6 +72,7 @@ class TrainConfig:
             raise ValueError(
                 f"batch ({self.batch}) must be a positive multiple of micro_batch ({self.micro_batch})"
             )
+        _check_choice("vllm_mode", self.vllm_mode, VLLM_MODES)
         if self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 (GRPO compares samples); got {self.num_generations}"
@@ -89,11 +97,29 @@ def sft_target(row: dict) -> str:
     return f"{head}<answer>{row['answer']}</answer>"
 
 
-def _common_args(cfg: TrainConfig, out_dir: str, world: int) -> dict:
+def sharded() -> bool:
+    """Launched by accelerate with an FSDP or DeepSpeed config (r1vla/launch/fsdp.yaml, zero3.yaml)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    )
+
+
+def checkpointing(cfg: TrainConfig, base_path: str) -> bool:
+    """cfg.gradient_checkpointing, or (None) on when the base has more than 1 B parameters."""
+    if cfg.gradient_checkpointing is not None:
+        return cfg.gradient_checkpointing
+    from adapters.architectures import qwen_config
+    from adapters.footprint import count_parameters
+
+    return count_parameters(qwen_config(base_path))[0] > 1e9
+
+
+def _common_args(cfg: TrainConfig, out_dir: str, world: int, base_path: str) -> dict:
     import torch
 
-    micro = min(cfg.micro_batch, cfg.batch)
-    accum = max(1, cfg.batch // (micro * world))
+    from r1vla.launch import split_batch
+
+    micro, accum = split_batch(cfg.batch, world, cfg.micro_batch)  # refuses a batch that does not divide
     report = ["tensorboard"] if importlib.util.find_spec("tensorboard") else "none"
     return (
         dict(
@@ -112,12 +138,19 @@ def _common_args(cfg: TrainConfig, out_dir: str, world: int) -> dict:
             logging_steps=cfg.logging_steps,
             report_to=report,
             bf16=torch.cuda.is_available(),
+            # without CUDA, transformers sets up no process group under a launcher unless told: each process would
+            # train alone at world size 1 (and race the others to the output folder)
+            use_cpu=not torch.cuda.is_available(),
+            ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
             seed=cfg.seed,
             data_seed=cfg.seed,
             remove_unused_columns=False,
             dataloader_num_workers=0,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            model_init_kwargs={"dtype": "bfloat16" if torch.cuda.is_available() else "float32"},
+            gradient_checkpointing=checkpointing(cfg, base_path),
+            # sharded (FSDP / ZeRO-3): fp32 master weights, bf16 compute by mixed precision; one GPU: bf16 weights
+            model_init_kwargs={
+                "dtype": "bfloat16" if torch.cuda.is_available() and not sharded() else "float32"
+            },
             disable_tqdm=True,
         ),
         micro,
@@ -139,7 +172,7 @@ def make_trainer(
 ) -> Any:
     """The TRL trainer of `cfg.method` on `base_path` (loaded by TRL as Qwen2_5_VLForConditionalGeneration)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    common, micro = _common_args(cfg, out_dir, world)
+    common, micro = _common_args(cfg, out_dir, world, base_path)
     if cfg.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -173,7 +206,8 @@ def make_trainer(
         epsilon=cfg.epsilon,
         max_completion_length=cfg.max_completion_length,
         use_vllm=cfg.vllm(),
-        vllm_mode="colocate",
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         log_completions=False,
     )
     return GRPOTrainer(

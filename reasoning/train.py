@@ -2,7 +2,9 @@
 
     r1vla backbone sft  --base KEY_OR_PATH --mcqa MCQA --out DIR [--steps N] [--lora] [--lr LR]
     r1vla backbone grpo --base KEY_OR_PATH --mcqa MCQA --out DIR [--steps N] [--lora] [--lr LR]
-    accelerate launch -m reasoning.train grpo ...                 # multi-GPU, same arguments
+    r1vla backbone grpo --base Qwen/Qwen2.5-VL-7B-Instruct --plan --gpus 8 --gpu-memory 80   # the GPU plan
+    accelerate launch --config_file r1vla/launch/fsdp.yaml --num_processes 8 -m reasoning.train grpo ...
+                                                   # multi-GPU, same arguments: FSDP, fp32 master weights
 
 Both write a standard Qwen2.5-VL checkpoint folder (config.json, model.safetensors, tokenizer, processor,
 chat template; LoRA merged) with `r1vla_provenance.json` (base, MCQA hash, method, steps, hyperparameters,
@@ -242,8 +244,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument(
             "--base", required=True, help="backbone key (tiny, qwen2_5_vl) or checkpoint folder / hub id"
         )
-        s.add_argument("--mcqa", required=True, help="MCQA folder from `r1vla mcqa`")
-        s.add_argument("--out", required=True, help="checkpoint folder to write")
+        s.add_argument("--mcqa", help="MCQA folder from `r1vla mcqa` (required unless --plan)")
+        s.add_argument("--out", help="checkpoint folder to write (required unless --plan)")
         s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs)")
         s.add_argument("--epochs", type=float, default=5.0)
         s.add_argument("--lr", type=float, default=None, help="default: grpo 1e-6, sft 1e-5")
@@ -252,7 +254,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--micro-batch", type=int, default=4, help="per device and forward")
         s.add_argument("--save-steps", type=int, default=50)
         s.add_argument("--limit", type=int, default=None, help="first N training questions only")
-        s.add_argument("--gradient-checkpointing", action="store_true")
+        s.add_argument(
+            "--gradient-checkpointing",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="default: on above 1 B parameters (the 7B)",
+        )
         s.add_argument("--seed", type=int, default=0)
         if method == "grpo":
             s.add_argument("--max-completion-length", type=int, default=1024)
@@ -260,6 +267,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             s.add_argument(
                 "--no-vllm", action="store_true", help="generate with transformers even if vllm is there"
             )
+            s.add_argument(
+                "--vllm-mode",
+                default="colocate",
+                help="colocate | server (start `trl vllm-serve --model BASE` on its own GPU first)",
+            )
+        s.add_argument(
+            "--hparams",
+            default=None,
+            metavar="JSON",
+            help="any TrainConfig fields as JSON, over the flags (e.g. '{\"micro_batch\": 1}'; the study uses it)",
+        )
+        from r1vla.gpu_stages import add_plan_arguments
+
+        add_plan_arguments(s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,11 +298,38 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.method == "grpo":
         hp.update(max_completion_length=args.max_completion_length, beta=args.beta)
-        hp.update(use_vllm=False if args.no_vllm else None)
-    out = train_backbone(args.method, args.base, args.mcqa, args.out, steps=args.steps, **hp)
+        hp.update(use_vllm=False if args.no_vllm else None, vllm_mode=args.vllm_mode)
+    steps = args.steps
+    try:
+        extra = json.loads(args.hparams) if args.hparams else {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"--hparams must be a JSON object of TrainConfig fields; got {args.hparams!r}")
+        steps = extra.pop("steps", steps)
+        hp.update(extra)
+        if args.plan:
+            return _plan(args, hp, steps)
+        if not (args.mcqa and args.out):
+            raise ValueError("--mcqa and --out are required (or --plan)")
+    except ValueError as e:  # json.JSONDecodeError is one
+        print(f"r1vla backbone: {e}", file=sys.stderr)
+        return 2
+    out = train_backbone(args.method, args.base, args.mcqa, args.out, steps=steps, **hp)
     prov = json.loads((out / PROVENANCE).read_text())
     print(json.dumps({"out": str(out), "steps": prov["steps"], "final": prov["final"]}, indent=2))
     return 0
+
+
+def _plan(args: argparse.Namespace, hp: dict, steps: int | None) -> int:
+    """`--plan`: the build's GPU plan (r1vla/gpu_plan.py) on --gpus x --gpu-memory; exit 1 when it does not fit."""
+    from r1vla.gpu_plan import plan_backbone
+    from r1vla.gpu_stages import budget_from_args, render
+
+    budget = budget_from_args(args)
+    hp = {k: v for k, v in hp.items() if v is not None or k in ("gradient_checkpointing", "use_vllm")}
+    plan = plan_backbone(f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget)
+    text, rc = render([plan], budget)
+    print(text)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
