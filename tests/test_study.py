@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
 import dataclasses
 import json
 import os
 import signal
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
