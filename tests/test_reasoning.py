@@ -283,15 +283,31 @@ def test_sft_lowers_loss_and_beats_chance(sft_dir, mcqa, tiny_backbone_dir):
     assert prov["drift"]["relative_weight_change"] > 0 and prov["drift"]["kl_to_base"] > 0
 
 
-def test_grpo_logs_rewards(sft_dir, mcqa, tmp_path):
-    """GRPO from the SFT checkpoint: it answers, so the answer reward varies within a group. The SFT model is
-    so sharp that at temperature 1.0 all 5 samples agree (no signal); 1.5 makes the groups differ (measured)."""
+@pytest.fixture(scope="module")
+def direct_mcqa(mcqa, tmp_path_factory) -> Path:
+    """The MCQA asked in the Direct SFT format (the prompt `sft_dir` learned to answer)."""
+    import shutil
+
+    from reasoning.mcqa import META_FILE
+    from reasoning.questions import with_answer_format
+
+    dd, _ = load_mcqa(mcqa)
+    out = tmp_path_factory.mktemp("direct") / "mcqa"
+    dd.map(lambda r: {"prompt": with_answer_format(r["prompt"], "direct")}).save_to_disk(str(out))
+    shutil.copy(mcqa / META_FILE, out / META_FILE)
+    return out
+
+
+def test_grpo_logs_rewards(sft_dir, direct_mcqa, tmp_path):
+    """GRPO from the SFT checkpoint, on the prompts it was trained with: it answers, so the answer reward varies
+    within a group. The SFT model is so sharp that at temperature 1.0 all 5 samples agree (no signal); 1.5 makes
+    the groups differ (measured)."""
     from reasoning.train import train_backbone
 
     out = train_backbone(
         "grpo",
         str(sft_dir),
-        mcqa,
+        direct_mcqa,
         tmp_path / "grpo",
         steps=2,
         batch=2,
