@@ -252,9 +252,12 @@ class QwenVLBackbone(nn.Module):
             max_pixels=self.config.max_pixels,
             device=views.device,
         )
+        # mm_token_type_ids (B, L): 1 on image tokens, 0 on text. transformers 5's Qwen2.5-VL computes the 3-D
+        # M-RoPE positions (temporal, height, width) of image tokens only when it receives them; without them
+        # every token silently gets text-only (1-D) positions.
         return {
             k: batch[k].to(self.device)
-            for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+            for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
         }
 
     def forward(
@@ -272,6 +275,7 @@ class QwenVLBackbone(nn.Module):
         self._check_inputs(images, texts, query_embeds)
         inputs = self._preprocess(images, texts)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, L), (B, L)
+        types = inputs["mm_token_type_ids"]  # (B, L) 1 = image token, 0 = text
         B, L = ids.shape
         K = 0 if query_embeds is None else query_embeds.shape[0]
         need_grad = torch.is_grad_enabled() and (self.config.mode != "frozen" or K > 0)
@@ -288,10 +292,12 @@ class QwenVLBackbone(nn.Module):
                 embeds = torch.cat([embeds, queries], dim=1)  # (B, L+K, D)
                 ids = torch.cat([ids, ids.new_full((B, K), self.query_token_id)], dim=1)  # (B, L+K)
                 mask = torch.cat([mask, mask.new_ones(B, K)], dim=1)  # (B, L+K)
+                types = torch.cat([types, types.new_zeros(B, K)], dim=1)  # (B, L+K) the queries are text
             out = self.model(
                 input_ids=ids,  # read only to place image features and to compute mrope positions
                 inputs_embeds=embeds,
                 attention_mask=mask,
+                mm_token_type_ids=types,  # image tokens get 3-D positions
                 pixel_values=inputs["pixel_values"],  # (B*V*4*tokens_per_view, 3*2*14*14) patches
                 image_grid_thw=inputs["image_grid_thw"],  # (B*V, 3)
                 use_cache=False,

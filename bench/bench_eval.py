@@ -2,17 +2,22 @@
 
     .venv/bin/python bench/bench_eval.py [--steps 120] [--episodes 4] [--chunk 8] [--workers 2]
 
-(a) lerobot-eval  bare `lerobot-eval --env.type=libero` (renders both cameras every step, one policy call per
-                  n_action_steps, stepping and inference alternate); its own per-episode timing (`eval_ep_s`).
+(a) lerobot-eval  bare `lerobot-eval --env.type=libero` (LeRobot 0.6; renders both cameras every step at 256², as
+                  the policy reads them; one policy call per n_action_steps; stepping and inference alternate),
+                  timed by its own `eval_ep_s`: once with one env (`--eval.batch_size=1`, a SyncVectorEnv) and once
+                  with W envs (`--eval.batch_size=W`: LeRobot's AsyncVectorEnv, W forkserver worker processes; its
+                  timing then includes starting them, a few seconds).
 (b) harness       eval_libero (r1vla eval's engine) at 1 and W workers: chunks dispatched to workers, cameras
                   rendered only on the steps whose observation the policy reads, inference overlapped with stepping.
                   Timed from the moment every worker delivered its first observation to the end (process start-up
-                  and env creation excluded, as in lerobot-eval's own timing).
+                  and env creation excluded, as in lerobot-eval's own timing with one env).
 (c) raw LIBERO    one LiberoSim rendering both cameras every step with a constant action, and physics only
                   (steps only, resets excluded: the simulator's ceiling).
 The policy: a stock LeRobot ACT with random weights, `chunk_size = n_action_steps = --chunk` (an 8-step chunk
-policy); episodes never succeed, so each runs --steps steps. Prints episodes/hour, env steps/s and the ratios; the
-last line is `eval speed: harness/lerobot-eval X.XX, 2 workers/1 worker Y.YY`.
+policy); episodes never succeed, so each runs --steps steps. Prints episodes/hour, env steps/s and the ratios, like
+for like: harness 1 worker vs lerobot-eval 1 env, harness W workers vs lerobot-eval W envs. The last two lines are
+`eval speed: harness/lerobot-eval with W envs vs W workers Z.ZZ` and
+`eval speed: harness/lerobot-eval X.XX, W workers/1 worker Y.YY` (X: one env vs one worker).
 """
 
 from __future__ import annotations
@@ -68,23 +73,22 @@ def save_act(path: Path, chunk: int) -> Path:
     return path
 
 
-def lerobot_eval(ckpt: Path, episodes: int, steps: int, out: Path) -> dict:
-    """(a): episodes/h and steps/s from lerobot-eval's own per-episode timing."""
-    code = (
-        "import sys; from eval_libero.lerobot_compat import patch_lerobot_libero; patch_lerobot_libero(); "
-        "from lerobot.scripts.lerobot_eval import main; sys.argv[0] = 'lerobot-eval'; main()"
-    )
+def lerobot_eval(ckpt: Path, episodes: int, steps: int, out: Path, envs: int = 1) -> dict:
+    """(a): episodes/h and steps/s from lerobot-eval's own per-episode timing, with `envs` vectorized envs."""
     flags = [
         "--env.type=libero",
         f"--env.task={SUITE}",
         f"--env.task_ids=[{TASK}]",
         f"--env.episode_length={steps}",
+        "--env.observation_height=256",  # LeRobot 0.6 renders 360² by default; the policy reads 256²
+        "--env.observation_width=256",
         f"--eval.n_episodes={episodes}",
-        "--eval.batch_size=1",
+        f"--eval.batch_size={envs}",
         f"--policy.path={ckpt}",
         f"--output_dir={out}",
     ]
-    proc = subprocess.run([sys.executable, "-c", code, *flags], cwd=REPO, capture_output=True, text=True)
+    lerobot_eval_bin = Path(sys.executable).parent / "lerobot-eval"  # bare: the plugin is found by LeRobot
+    proc = subprocess.run([str(lerobot_eval_bin), *flags], cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     info = json.loads((out / "eval_info.json").read_text())["overall"]
@@ -156,7 +160,10 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}  load: {os.getloadavg()[0]:.1f}  {a.episodes} episodes x {a.steps} steps")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_act(Path(tmp) / "act", a.chunk)
-        res = {"lerobot-eval": lerobot_eval(ckpt, a.episodes, a.steps, Path(tmp) / "le")}
+        res = {"lerobot-eval, 1 env": lerobot_eval(ckpt, a.episodes, a.steps, Path(tmp) / "le")}
+        res[f"lerobot-eval, {a.workers} envs"] = lerobot_eval(
+            ckpt, a.episodes, a.steps, Path(tmp) / "le_w", envs=a.workers
+        )
         res["harness, 1 worker"] = harness(ckpt, 1, a.episodes, a.steps)
         res[f"harness, {a.workers} workers"] = harness(ckpt, a.workers, a.episodes, a.steps)
     res["raw LIBERO, render every step"] = raw(a.episodes, a.steps, True)
@@ -164,11 +171,13 @@ def main() -> None:
     for name, r in res.items():
         print(f"{name:<32} {r['episodes_per_h']:8.1f} episodes/h  {r['steps_per_s']:7.1f} env steps/s")
     h1, hw = res["harness, 1 worker"]["steps_per_s"], res[f"harness, {a.workers} workers"]["steps_per_s"]
-    x = h1 / res["lerobot-eval"]["steps_per_s"]
+    x = h1 / res["lerobot-eval, 1 env"]["steps_per_s"]
+    z = hw / res[f"lerobot-eval, {a.workers} envs"]["steps_per_s"]
     print(
         f"harness(1) / raw LIBERO rendering every step: {h1 / res['raw LIBERO, render every step']['steps_per_s']:.2f}"
     )
     print(f"load at the end: {os.getloadavg()[0]:.1f}; policy calls: {res['harness, 1 worker']['mode']}")
+    print(f"eval speed: harness/lerobot-eval with {a.workers} envs vs {a.workers} workers {z:.2f}")
     print(f"eval speed: harness/lerobot-eval {x:.2f}, {a.workers} workers/1 worker {hw / h1:.2f}")
 
 

@@ -235,20 +235,20 @@ class DemoStore:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         disable_progress_bar()  # one "Map" bar per saved episode otherwise
-        if (self.root / "meta" / "info.json").exists():
-            ds = LeRobotDataset(self.repo_id, root=self.root, episodes=[0])
-        else:
-            shutil.rmtree(self.root / _NEW, ignore_errors=True)
-            ds = LeRobotDataset.create(
-                self.repo_id,
-                FPS,
-                features=self.feats,
-                root=self.root / _NEW,
-                robot_type=ROBOT_TYPE,
-                use_videos=use_videos,
-            )
-        ds.start_image_writer(num_processes=0, num_threads=4)
-        return ds
+        if (
+            self.root / "meta" / "info.json"
+        ).exists():  # append: LeRobot 0.6's writer on the existing dataset
+            return LeRobotDataset.resume(self.repo_id, root=self.root, image_writer_threads=4)
+        shutil.rmtree(self.root / _NEW, ignore_errors=True)
+        return LeRobotDataset.create(
+            self.repo_id,
+            FPS,
+            features=self.feats,
+            root=self.root / _NEW,
+            robot_type=ROBOT_TYPE,
+            use_videos=use_videos,
+            image_writer_threads=4,
+        )
 
     def commit(self) -> int:
         """Write every staged attempt into the dataset (successes as episodes). Returns episodes added."""
@@ -271,8 +271,7 @@ class DemoStore:
                     ds.add_frame({k: v[t] for k, v in arrays.items()} | {"task": rec["task"]})
                 ds.save_episode()
                 rec["episode_index"] = first + i
-            ds.stop_image_writer()
-            ds.finalize()
+            ds.finalize()  # waits for the image writer, closes the parquet writer, writes the metadata
             if (self.root / _NEW).exists():  # first commit: move the new dataset into place
                 new = self.root / _NEW
                 for f in _dataset_files(new):

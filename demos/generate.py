@@ -285,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "video_backend='pyav' where torchcodec finds no FFmpeg)",
     )
     p.add_argument("--max-attempts", type=int, default=None, help="attempts per task (default 2 x episodes)")
-    p.add_argument("--protocol", default="standard", help="step caps: standard (OpenVLA) or lerobot044")
+    p.add_argument("--protocol", default="standard", help="step caps: standard (OpenVLA) or lerobot06")
     p.add_argument("--commit-every", type=int, default=10, help="episodes between dataset commits")
     p.add_argument("--repo-id", default="local/libero_demos")
     p.add_argument(

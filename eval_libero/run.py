@@ -1,7 +1,7 @@
 """`r1vla eval`: evaluate a LeRobot `pretrained_model` folder on LIBERO suites (resumable, batched, sharded).
 
     r1vla eval --policy CKPT --suites spatial,object,goal,long --out RUN [--tasks 0,3] [--init-states 0-49]
-               [--seeds 7] [--max-steps N] [--protocol standard|lerobot044] [--workers W] [--video-every N]
+               [--seeds 7] [--max-steps N] [--protocol standard|lerobot06] [--workers W] [--video-every N]
                [--device cpu|cuda] [--label NAME] [--policy-calls auto|batched|per-episode|select]
                [--perturbations lan,object,swap,task] [--no-standard] [--start-states DATASET]
                [--backbone-path PATH] [--allow-backbone-mismatch] [--worker-timeout S] [--retry-faults]

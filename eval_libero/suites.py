@@ -1,8 +1,12 @@
 """Per-suite constants in one table, and the one place suite names are resolved.
 
-Step caps count env steps *after* the 10 wait steps. Two named protocols:
+Step caps count env steps *after* the 10 wait steps. Two named protocols for new runs:
   standard   — OpenVLA / OpenVLA-OFT / openpi: Spatial 220, Object 280, Goal 300, Long 520
-  lerobot044 — LeRobot 0.4.4's `lerobot-eval` (Spatial 280; the rest equal)
+  lerobot06  — LeRobot 0.6's LIBERO env (`lerobot.envs.libero.TASK_SUITE_MAX_STEPS`): Spatial 280, the rest
+               equal; 20 Hz control, 10 wait steps. Its camera renders 360x360 unless `--env.observation_height/
+               width` say otherwise: the render size is recorded separately (`protocol.image_size`).
+Runs recorded under LeRobot 0.4.4's protocol name (`lerobot044`, the same caps) still load and compare: the
+caps are recorded in every run, and `compare` checks those, not the name.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         #      name             short      title      tasks  caps per protocol
-        Suite("libero_spatial", "spatial", "Spatial", 10, {"standard": 220, "lerobot044": 280}),
-        Suite("libero_object", "object", "Object", 10, {"standard": 280, "lerobot044": 280}),
-        Suite("libero_goal", "goal", "Goal", 10, {"standard": 300, "lerobot044": 300}),
-        Suite("libero_10", "long", "Long", 10, {"standard": 520, "lerobot044": 520}),
+        Suite("libero_spatial", "spatial", "Spatial", 10, {"standard": 220, "lerobot06": 280}),
+        Suite("libero_object", "object", "Object", 10, {"standard": 280, "lerobot06": 280}),
+        Suite("libero_goal", "goal", "Goal", 10, {"standard": 300, "lerobot06": 300}),
+        Suite("libero_10", "long", "Long", 10, {"standard": 520, "lerobot06": 520}),
     )
 }
-PROTOCOLS = ("standard", "lerobot044")
+PROTOCOLS = ("standard", "lerobot06")
 N_INIT_STATES = 50  # official init states per task
 NUM_WAIT_STEPS = 10  # dummy steps after reset, while objects settle
 IMAGE_SIZE = 256  # camera resolution LIBERO renders by default, as the hub datasets

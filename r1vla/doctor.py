@@ -7,12 +7,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from packaging.version import Version
+
 os.environ.setdefault("MUJOCO_GL", "egl")
-LEROBOT_VERSION = "0.4.4"
+PYTHON_NEEDED = (3, 12)  # LeRobot 0.6 needs Python >= 3.12
+LEROBOT_NEEDED = (Version("0.6.1"), Version("0.7"))  # [min, max): the stack this package is written for
+TRANSFORMERS_NEEDED = (Version("5.4"), Version("5.6"))  # what lerobot 0.6.x admits
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,35 @@ def _cuda() -> str:
     return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
 
 
+def check_version(name: str, found: str, needed: tuple[Version, Version], fix: str) -> str:
+    """'name X' when `needed[0] <= X < needed[1]`, else an error naming the version found and the one needed."""
+    lo, hi = needed
+    if not lo <= Version(found) < hi:
+        raise RuntimeError(f"{name} {found} found; r1vla needs {name} >={lo},<{hi}: {fix}")
+    return f"{name} {found}"
+
+
+def _python() -> str:
+    found = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info[:2] < PYTHON_NEEDED:
+        raise RuntimeError(
+            f"Python {found} found; r1vla needs Python >= 3.12 (LeRobot 0.6): re-run scripts/setup.sh with "
+            "PYTHON=/path/to/python3.12"
+        )
+    return f"Python {found}"
+
+
 def _lerobot() -> str:
     import lerobot
 
-    version = getattr(lerobot, "__version__", "?")
-    if version != LEROBOT_VERSION:
-        raise RuntimeError(
-            f"lerobot {version} found, {LEROBOT_VERSION} expected: pip install 'lerobot[peft]==0.4.4'"
-        )
-    return f"lerobot {version}"
+    fix = "pip install -e . (installs lerobot[dataset,training,peft] 0.6.x)"
+    return check_version("lerobot", getattr(lerobot, "__version__", "0"), LEROBOT_NEEDED, fix)
 
 
 def _transformers() -> str:
     import transformers
 
-    major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
-    if not (4, 57) <= major_minor < (5, 0):
-        raise RuntimeError(f"transformers {transformers.__version__}: need >=4.57.1,<5 (pip install -e .)")
-    return f"transformers {transformers.__version__}"
+    return check_version("transformers", transformers.__version__, TRANSFORMERS_NEEDED, "pip install -e .")
 
 
 def _plugin() -> str:
@@ -124,6 +140,7 @@ def _tiny_forward() -> str:
 
 
 CHECKS = [
+    Check("Python", True, _python),
     Check("torch", True, _torch),
     Check("CUDA", False, _cuda),
     Check("lerobot", True, _lerobot),

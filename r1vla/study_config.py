@@ -96,7 +96,7 @@ class EvalSpec:
     init_states: str | None = None  # None = all 50
     seeds: tuple[int, ...] = (7,)  # evaluation seeds (paired across backbones)
     max_steps: int | None = None  # override the protocol's step caps (smoke runs; recorded)
-    protocol: str = "standard"  # standard (OpenVLA/openpi caps) | lerobot044
+    protocol: str = "standard"  # standard (OpenVLA/openpi caps) | lerobot06 (LeRobot 0.6 env caps)
     workers: int = 1  # env worker processes
     video_every: int = 0  # save every N-th episode as mp4 (0 = none)
     perturbations: tuple[str, ...] = ()  # LIBERO-PRO variants of each suite (lan, object, swap, task)

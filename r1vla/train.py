@@ -1,6 +1,6 @@
 """`r1vla train ARGS…` = `lerobot-train ARGS…` that also logs to TensorBoard (`OUTPUT_DIR/tensorboard`).
 
-lerobot-train 0.4.4 logs only to wandb. Without forking its loop, we hand it a logger with WandBLogger's
+lerobot-train 0.6 logs only to wandb. Without forking its loop, we hand it a logger with WandBLogger's
 interface (log_dict / log_video / log_policy) that writes TensorBoard events, and turn its logging path on.
 Every argument passes through unchanged; multi-GPU works as for lerobot-train:
     accelerate launch --num_processes 2 -m r1vla.train --policy.type=r1vla ...
@@ -18,7 +18,7 @@ PASS_THROUGH = True  # r1vla.cli: unknown arguments go to lerobot-train
 
 
 class TensorBoardLogger:
-    """Drop-in for lerobot.rl.wandb_utils.WandBLogger: scalars to TensorBoard, on the main process only."""
+    """Drop-in for lerobot.common.wandb_utils.WandBLogger: scalars to TensorBoard, on the main process only."""
 
     def __init__(self, cfg) -> None:
         from torch.utils.tensorboard import SummaryWriter

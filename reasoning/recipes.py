@@ -136,7 +136,7 @@ def _common_args(cfg: TrainConfig, out_dir: str, world: int, device: str | None 
             num_train_epochs=cfg.epochs,
             learning_rate=cfg.learning_rate,
             lr_scheduler_type="constant_with_warmup",  # EasyR1: constant lr after warmup; the same for both methods
-            warmup_ratio=cfg.warmup_ratio,
+            warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
             weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.max_grad_norm,
             gradient_accumulation_steps=accum,

@@ -210,10 +210,14 @@ def test_generic_key_and_both_checkpoint_layouts_match_tiny(frozen, tiny_backbon
     sd = load_file(tiny_backbone_dir / "model.safetensors")
     canonical = {}  # Qwen2_5_VLModel keys: language_model.* / visual.*
     for k, v in sd.items():
-        for old, new in (("model.language_model.", "language_model."), ("model.visual.", "visual."),
-                         ("visual.", "visual."), ("model.", "language_model.")):
+        for old, new in (
+            ("model.language_model.", "language_model."),
+            ("model.visual.", "visual."),
+            ("visual.", "visual."),
+            ("model.", "language_model."),
+        ):
             if k.startswith(old):
-                canonical[new + k[len(old):]] = v
+                canonical[new + k[len(old) :]] = v
                 break
     layouts = {
         "hub": {"language_model.": "model.", "visual.": "visual."},
@@ -224,7 +228,7 @@ def test_generic_key_and_both_checkpoint_layouts_match_tiny(frozen, tiny_backbon
         renamed = {}
         for k, v in canonical.items():
             head = "visual." if k.startswith("visual.") else "language_model."
-            renamed[prefixes[head] + k[len(head):]] = v
+            renamed[prefixes[head] + k[len(head) :]] = v
         assert any(k.startswith(prefixes["visual."]) for k in renamed) and len(renamed) == len(canonical)
         save_file(renamed, moved / "model.safetensors", metadata={"format": "pt"})
         again = build_backbone(BackboneConfig(key="qwen2_5_vl", path=str(moved)))

@@ -657,3 +657,11 @@ def test_cli_and_summary_agree(tmp_path, capsys):
         ]
         == first
     )
+
+
+def test_runs_recorded_under_the_lerobot044_protocol_still_compare(tmp_path):
+    old = {**PROTO, "name": "lerobot044", "max_steps": {**CAPS, "libero_spatial": 280}}  # LeRobot 0.4.4 runs
+    a = write_run(tmp_path / "a", "sft", {"libero_spatial": [True, False] * 5}, protocol=old)
+    b = write_run(tmp_path / "b", "r1", {"libero_spatial": [True] * 10}, protocol=old)
+    rep = compare_runs([a, b], baseline="sft", out=tmp_path / "rep", **QUIET)
+    assert not rep["protocol_differences"] and (tmp_path / "rep" / "report.md").exists()

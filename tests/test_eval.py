@@ -241,7 +241,7 @@ BAD_INPUT = [
     ({"init_states": "49-50"}, r"init state 50 out of range; valid: 0-49"),
     ({"seeds": "7,x"}, r"bad --seeds"),
     ({"max_steps": 0}, r"--max-steps must be >= 1"),
-    ({"protocol": "openvla"}, r"unknown protocol 'openvla'; valid: standard, lerobot044"),
+    ({"protocol": "openvla"}, r"unknown protocol 'openvla'; valid: standard, lerobot06"),
     ({"workers": 0}, r"--workers must be >= 1"),
 ]
 
@@ -580,3 +580,13 @@ def test_replayed_expert_succeeds_and_ends_at_first_success(tmp_path):
     (r,) = read(out)
     assert r["success"] is True and r["steps"] == len(plan) == 102 and r["failure"] is None
     assert json.loads((out / "summary.json").read_text())["suites"]["libero_goal"]["success_rate"] == 1.0
+
+
+def test_lerobot06_protocol_caps_are_lerobots_own():
+    from lerobot.envs.libero import TASK_SUITE_MAX_STEPS
+
+    from eval_libero.suites import SUITES, max_steps
+
+    assert {name: max_steps(s, "lerobot06") for name, s in SUITES.items()} == {
+        name: TASK_SUITE_MAX_STEPS[name] for name in SUITES
+    }

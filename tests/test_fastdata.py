@@ -1,4 +1,4 @@
-"""r1vla.fastdata: action chunks read from a column cache equal LeRobot 0.4.4's own (image-decoding) path."""
+"""r1vla.fastdata: action chunks read from a column cache equal LeRobot 0.6's own path."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from libero_like import make_libero_like_dataset  # noqa: E402
 
 SCRIPT = """
 import sys, torch
+from lerobot.datasets.dataset_reader import DatasetReader
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 root, patched = sys.argv[1], sys.argv[2] == "1"
 if patched:
     from r1vla import fastdata
     fastdata.install()
-    assert LeRobotDataset._query_hf_dataset is fastdata._query, "fastdata.install() did not patch LeRobot"
+    assert DatasetReader._query_hf_dataset is fastdata._query, "fastdata.install() did not patch LeRobot"
 out = {}
 for eps in (None, [1]):
     ds = LeRobotDataset("local/libero_like", root=root, episodes=eps,
@@ -25,7 +26,7 @@ for eps in (None, [1]):
         item = ds[i]
         out[f"{eps}/{i}"] = {k: v for k, v in item.items() if torch.is_tensor(v)}
     # the patched path really served the low-dim chunks: both columns are cached, the images are not
-    out[f"{eps}/cached"] = sorted(ds.__dict__.get("_r1vla_columns", {}))
+    out[f"{eps}/cached"] = sorted(ds._ensure_reader().__dict__.get("_r1vla_columns", {}))
 torch.save(out, sys.argv[3])
 """
 

@@ -494,11 +494,16 @@ def test_r1vla_train_each_head_and_mode(tmp_path, libero_like, head, mode):
         assert len(changed) == len(backbone), sorted(set(backbone) - set(changed))[:5]
 
 
-def test_bare_lerobot_train_finds_plugin_and_rename_map(tmp_path):
+def test_bare_lerobot_train_finds_plugin_and_maps_cameras(tmp_path):
+    # LeRobot 0.6 refuses --rename_map on a fresh policy: the r1vla preprocessor maps the dataset's other camera
+    # names onto its image keys itself (processor_r1vla.camera_rename_map), saved with the processor
     data = make_libero_like_dataset(tmp_path / "wrist_data", episodes=1, frames=12, wrist_key="wrist_image")
-    rename = '--rename_map={"observation.images.wrist_image": "observation.images.image2"}'
-    _train(tmp_path / "run", data, rename, "--policy.head=l1", *CLI_SMALL["l1"], entry="lerobot-train")
-    assert (tmp_path / "run/checkpoints/last/pretrained_model/model.safetensors").exists()
+    _train(tmp_path / "run", data, "--policy.head=l1", *CLI_SMALL["l1"], entry="lerobot-train")
+    ckpt = tmp_path / "run/checkpoints/last/pretrained_model"
+    assert (ckpt / "model.safetensors").exists()
+    saved = json.loads((ckpt / "policy_preprocessor.json").read_text())
+    rename = next(s for s in saved["steps"] if s["registry_name"] == "rename_observations_processor")
+    assert rename["config"]["rename_map"] == {"observation.images.wrist_image": "observation.images.image2"}
 
 
 def test_lerobot_eval_processor_overrides_accepted(trained_l1):
@@ -558,13 +563,15 @@ def test_two_cpu_ranks_train(tmp_path, libero_like):
 
 @pytest.mark.libero
 def test_bare_lerobot_eval_runs_an_r1vla_checkpoint(tmp_path, trained_l1):
-    """A user's first command: bare `lerobot-eval --env.type=libero` on an r1vla checkpoint (CI-sized episode)."""
+    """A user's first command: bare `lerobot-eval --env.type=libero` on an r1vla checkpoint (CI-sized episodes).
+    `--eval.batch_size=2` runs LeRobot 0.6's async vector env: its envs are built in forkserver workers, which must
+    see the plugin's LIBERO init-states patch too (eval_libero/lerobot_compat.py)."""
     ckpt = trained_l1 / "checkpoints/last/pretrained_model"
     flags = "--env.type=libero --env.task=libero_object --env.task_ids=[0] --env.episode_length=4 "
-    flags += f"--eval.n_episodes=1 --eval.batch_size=1 --policy.path={ckpt} --output_dir={tmp_path / 'le'}"
+    flags += f"--eval.n_episodes=2 --eval.batch_size=2 --policy.path={ckpt} --output_dir={tmp_path / 'le'}"
     res = subprocess.run(
         [str(REPO / ".venv/bin/lerobot-eval"), *flags.split()], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     info = json.loads((tmp_path / "le" / "eval_info.json").read_text())
-    assert info["overall"]["n_episodes"] == 1 and info["overall"]["pc_success"] == 0.0
+    assert info["overall"]["n_episodes"] == 2 and info["overall"]["pc_success"] == 0.0

@@ -47,7 +47,7 @@ def base_dict() -> dict:
         (lambda d: d["train"].update(stepz=3), r"unknown field train.stepz \(did you mean 'steps'\?\)"),
         (
             lambda d: d["eval"].update(protocol="openvla"),
-            r"unknown eval.protocol 'openvla'.*standard, lerobot044",
+            r"unknown eval.protocol 'openvla'.*standard, lerobot06",
         ),
         (lambda d: d["train"].update(seeds=[42, 42]), r"train.seeds must be distinct integers"),
         (lambda d: d["train"].update(seed=42), r"unknown field train.seed \(did you mean 'seeds'\?\)"),

@@ -184,6 +184,7 @@ class R1VLAPolicy(PreTrainedPolicy):
             "backbone_path": self.config.backbone_path,
             "attn_implementation": self.model.backbone.model.config._attn_implementation,
             "amp": self.amp,
+            "versions": written_by(),  # the stack that wrote the checkpoint (a later one can name it)
         }
 
     def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
@@ -223,6 +224,22 @@ class R1VLAPolicy(PreTrainedPolicy):
             model.config.backbone_path or f"the {model.config.backbone!r} preset",
         )
         return model
+
+
+WRITER_PACKAGES = ("lerobot_policy_r1vla", "lerobot", "transformers", "torch")
+
+
+def written_by() -> dict[str, str | None]:
+    """Versions of the packages whose formats a checkpoint depends on."""
+    from importlib import metadata
+
+    out = {}
+    for name in WRITER_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def tensors_sha256(state: dict[str, Tensor]) -> str:
