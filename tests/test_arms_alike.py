@@ -130,7 +130,8 @@ def test_relative_weight_change_and_its_printed_line():
     moved = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
     moved.load_state_dict({k: 1.01 * v for k, v in base.state_dict().items()})  # every weight 1% larger
     got = relative_weight_change(moved, base)
-    assert got["relative_weight_change"] == pytest.approx(0.01, rel=1e-5) and got["tensors"] == 4  # fp32 weights
+    assert got["relative_weight_change"] == pytest.approx(0.01, rel=1e-5)  # fp32 weights
+    assert got["tensors"] == 4
     assert relative_weight_change(base, base)["relative_weight_change"] == 0.0
     line = drift_line({"base": "tiny", "relative_weight_change": 0.01, "kl_to_base": 0.5, "tokens": 100})
     assert "‖θ−θ0‖/‖θ0‖ = 0.01" in line and "KL(built ‖ base) = 0.5 nats/token over 100" in line
