@@ -49,7 +49,7 @@ class BackboneSpec:
 @dataclass(frozen=True)
 class MCQASpec:
     kinds: tuple[str, ...] = ("waypoint", "state", "movement")  # Robot-R1's three question kinds
-    heldout_episodes: int | None = None  # episodes of the probe's held-out split (None = 10%)
+    heldout_episodes: int | None = None  # unused by the study: its MCQA holds out the study's held-out demos
     per_segment: int = 2  # current frames per keypoint segment
     seed: int = 0  # frames, distractors, letters, held-out episodes
     probe: bool = True  # report each built backbone's held-out MCQA accuracy (and the base's)
