@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.precision import DTYPES, check_dtype  # noqa: F401  (DTYPES re-exported)
 from adapters.presets import get_preset
 from adapters.prompts import check_prompt_style
 from hints import check as _check_choice
 
 MODES = ("frozen", "lora", "full")
-DTYPES = ("auto", "float32", "bfloat16")  # float16 is refused: Qwen2.5-VL's activations overflow it
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
@@ -40,17 +40,8 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         get_preset(self.key)  # unknown key -> ValueError with the valid keys and the closest match
         _check_choice("mode", self.mode, MODES)
-        if self.dtype == "float16":
-            raise ValueError(
-                "backbone dtype 'float16' is refused: Qwen2.5-VL's activations overflow float16; use bfloat16 "
-                "(or 'auto': bf16 on CUDA, fp32 on CPU)"
-            )
-        _check_choice("dtype", self.dtype, DTYPES)
-        if self.mode == "full" and self.dtype == "bfloat16":
-            raise ValueError(
-                "mode 'full' trains the backbone: its weights stay float32 (AdamW updates at lr 1e-6 round to "
-                "nothing in bfloat16); bf16 compute comes from autocast (--policy.amp=bf16). Use dtype 'auto'"
-            )
+        # one rule with the reasoning builds (adapters/precision.py): weights training changes stay fp32
+        check_dtype(self.dtype, self.mode == "full", f"backbone mode {self.mode!r}")
         _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         if self.prompt_style is not None:
             check_prompt_style(self.prompt_style)

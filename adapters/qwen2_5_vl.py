@@ -55,9 +55,10 @@ def _on_cuda(device: str | None) -> bool:
 def resolve_dtype(name: str, mode: str = "frozen", device: str | None = None) -> torch.dtype:
     """`auto`: bfloat16 on CUDA for a frozen or LoRA backbone (its trainable adapters are cast to fp32), float32
     in `full` mode (trainable weights stay fp32; bf16 compute comes from autocast) and on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if _on_cuda(device) and mode != "full" else torch.float32
-    return _TORCH_DTYPES[name]
+    from adapters.precision import resolve_precision
+
+    on = "cuda" if _on_cuda(device) else "cpu"
+    return _TORCH_DTYPES[resolve_precision(on, mode == "full", name, f"backbone mode {mode!r}").weights]
 
 
 def resolve_attention(name: str, device: str | None = None) -> str:

@@ -66,6 +66,8 @@ def evaluate(cfg: EvalConfig, log=print) -> Path:
         protocol = {**protocol, "image_size": render_size(policy_cfg)}
     except ValueError as e:
         raise EvalError(f"{ckpt}: {e}") from None
+    if (prompt := prompt_protocol(policy_cfg)) is not None:  # compared like the step caps (r1vla compare)
+        protocol = {**protocol, "prompt": prompt}
     backbone = getattr(policy_cfg, "backbone", None)
     label = cfg.label or (backbone if isinstance(backbone, str) else None) or policy_cfg.type
     meta = {  # equal for every episode of a run: a resume that differs is refused
@@ -85,6 +87,13 @@ def evaluate(cfg: EvalConfig, log=print) -> Path:
             missing_ok=True
         )  # a stale marker of an earlier invocation
         return _evaluate_locked(cfg, run, rank, world, plan, ckpt, policy_cfg, meta, device, log)
+
+
+def prompt_protocol(policy_cfg) -> dict | None:
+    """An r1vla policy's backbone prompt: {"style", "coordinates"} (None for other policies)."""
+    if not hasattr(policy_cfg, "prompt_coords"):
+        return None
+    return {"style": policy_cfg.backbone_config().prompt_style_name, "coordinates": policy_cfg.prompt_coords}
 
 
 def _evaluate_locked(cfg, run, rank, world, plan, ckpt, policy_cfg, meta, device, log) -> Path:

@@ -172,11 +172,11 @@ def plan_backbone(
     text = MCQA_PROMPT_TOKENS + (tc.max_completion_length if grpo else 16)
     shape = StepShape(seqs, text, 1, MCQA_IMAGE, lm_head=True, checkpointing=ckpt, train="full")
     fp = _footprint(arch, shape)
-    master = "float32" if sharded else "bfloat16"
+    master = "float32"  # always fp32 masters, LoRA too (adapters/precision.py): bf16 only as autocast
     m, div = BYTES[master], (n if sharded else 1)
     trainable = _lora_params(arch) if tc.lora else params
     gathered = 2 * largest * 2 if sharded else 0  # FSDP / ZeRO-3 all-gather one layer ahead, in bf16
-    weights = (params * m if not tc.lora else params * 2) / div + gathered
+    weights = params * m / div + gathered
     grads, opt = trainable * m / div, trainable * 2 * m / div
     parts = {"weights": weights, "gradients": grads, "optimizer": opt}
     if grpo and tc.beta > 0:
@@ -198,7 +198,7 @@ def plan_backbone(
                 )
         parts["generation"] = gen
         notes.append(f"generation: {what}")
-    grad_peak = fp.grads_at_peak * (m if not tc.lora else 2) / 2 / div
+    grad_peak = fp.grads_at_peak * m / 2 / div
     parts["activations"] = max(0.0, fp.activations + grad_peak - grads)  # peak: max(G, G live then + A)
     parts["overhead"] = OVERHEAD
     steps = tc.steps or math.ceil(tc.epochs * budget.questions / tc.batch)

@@ -45,6 +45,8 @@ class Study(StageRunner):
             b.label: self.stage(f"backbone/{b.label}", lambda b=b: self.prepare_backbone(b, mcqa))
             for b in self.cfg.backbones
         }
+        paths = {label: bb.get("path") for label, bb in backbones.items()}
+        prompt = self.stage("prompt", lambda: study_config.one_prompt(self.cfg.policy, paths))  # every arm's
         if built and self.cfg.mcqa.probe:  # each built backbone's reasoning, and its base's
             for name, path in {
                 **{f"base:{b.base}": b.base for b in built},
@@ -55,7 +57,8 @@ class Study(StageRunner):
         for seed in self.cfg.train.seeds:
             for b in self.cfg.backbones:
                 path = backbones[b.label]["path"]
-                self.stage(run_name("train", b, seed), lambda b=b, s=seed, p=path: self.train(b, s, p, data))
+                stage = run_name("train", b, seed)
+                self.stage(stage, lambda b=b, s=seed, p=path: self.train(b, s, p, data, prompt))
             self.stage(f"identity/seed{seed}", lambda s=seed: self.check_identity(s))
         for seed in self.cfg.train.seeds:
             for b in self.cfg.backbones:
@@ -71,8 +74,11 @@ class Study(StageRunner):
         from reasoning.mcqa import MCQAConfig, build_mcqa
 
         m = self.cfg.mcqa
-        cfg = MCQAConfig(
-            kinds=tuple(m.kinds), heldout_episodes=m.heldout_episodes, per_segment=m.per_segment, seed=m.seed
+        cfg = MCQAConfig(  # held out: the study's held-out demonstrations, never in the training questions
+            kinds=tuple(m.kinds),
+            heldout_ids=tuple(int(e) for e in data["heldout_episodes"]),
+            per_segment=m.per_segment,
+            seed=m.seed,
         )
         out = self.out / "mcqa"
         summary = build_mcqa(
@@ -96,12 +102,22 @@ class Study(StageRunner):
 
     def prepare_backbone(self, b: BackboneSpec, mcqa: dict | None = None) -> dict:
         if b.build:
+            from reasoning.train import PROVENANCE
+
             out = self.out / "backbones" / b.label
             launcher, cmd = gpu_stages.build_command(self.cfg, b, self.budget, mcqa["path"], out)
             self.log("[study] " + " ".join(cmd))
             if subprocess.run(cmd, cwd=REPO).returncode != 0 or not out.is_dir():
                 raise RuntimeError(f"backbone build exited with an error: {' '.join(cmd)}")
-            return {"path": str(out), "built": b.build, "base": b.base, "launcher": launcher}
+            prov = json.loads((out / PROVENANCE).read_text())
+            keep = ("drift", "answer_format", "coordinates", "precision")
+            return {
+                "path": str(out),
+                "built": b.build,
+                "base": b.base,
+                "launcher": launcher,
+                **{k: prov.get(k) for k in keep},
+            }
         if b.standin_seed is None:
             return {"path": b.path}
         from adapters import build_tiny_checkpoint
@@ -163,10 +179,13 @@ class Study(StageRunner):
             )
         return {"provenance": starts.provenance(data["root"]), "compared": sum(map(len, train.values()))}
 
-    def train_args(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> list[str]:
+    def train_args(
+        self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict, prompt: dict
+    ) -> list[str]:
         """lerobot-train's arguments: equal for every backbone of a seed but the backbone's own and the folder."""
         t = self.cfg.train
-        args = ["--policy.type=r1vla", *(f"--policy.{k}={_cli(v)}" for k, v in self.cfg.policy.items())]
+        policy = {**self.cfg.policy, "prompt_style": prompt["style"], "prompt_coords": prompt["coordinates"]}
+        args = ["--policy.type=r1vla", *(f"--policy.{k}={_cli(v)}" for k, v in policy.items())]
         args += [
             f"--policy.backbone={b.key}",
             *([f"--policy.backbone_path={backbone_path}"] if backbone_path else []),
@@ -186,12 +205,12 @@ class Study(StageRunner):
         ]
         return args
 
-    def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict) -> dict:
+    def train(self, b: BackboneSpec, seed: int, backbone_path: str | None, data: dict, prompt: dict) -> dict:
         t = self.cfg.train
         launcher, per_process = gpu_stages.vla_batch(self.cfg, self.budget)
         run = self.out / "train" / b.label / f"seed{seed}"
         ckpt = run / "checkpoints" / "last" / "pretrained_model"
-        args = full = self.train_args(b, seed, backbone_path, data)
+        args = full = self.train_args(b, seed, backbone_path, data, prompt)
         last_cfg = ckpt / "train_config.json"
         if last_cfg.exists():  # interrupted after a checkpoint: lerobot-train resumes from it
             args = ["--resume=true", f"--config_path={last_cfg}", f"--steps={t.steps}"]

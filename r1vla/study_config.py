@@ -49,7 +49,7 @@ class BackboneSpec:
 @dataclass(frozen=True)
 class MCQASpec:
     kinds: tuple[str, ...] = ("waypoint", "state", "movement")  # Robot-R1's three question kinds
-    heldout_episodes: int | None = None  # episodes of the probe's held-out split (None = 10%)
+    heldout_episodes: int | None = None  # unused by the study: its MCQA holds out the study's held-out demos
     per_segment: int = 2  # current frames per keypoint segment
     seed: int = 0  # frames, distractors, letters, held-out episodes
     probe: bool = True  # report each built backbone's held-out MCQA accuracy (and the base's)
@@ -258,7 +258,36 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         if key in ("backbone", "backbone_path", "type", "device"):
             raise ValueError(f"policy.{key} is set per backbone / by the study; remove it from `policy:`")
     _check_policy_fields(cfg.policy)
+    if cfg.policy.get("prompt_style") is not None:
+        from adapters.prompts import check_prompt_style
+
+        check_prompt_style(cfg.policy["prompt_style"])
+    if cfg.policy.get("prompt_coords", "auto") != "auto":
+        from adapters.prompts import parse_coord_format
+
+        parse_coord_format(cfg.policy["prompt_coords"])
     return cfg
+
+
+def one_prompt(policy: dict, backbone_paths: dict[str, str | None]) -> dict:
+    """The one prompt style and coordinate format of every arm: `policy.prompt_style` (default robot_r1, the built
+    backbones' training prompt) and `policy.prompt_coords` (default: the format the built backbones recorded,
+    which must agree, given to every arm; with none recorded, adapters.prompts.DEFAULT_FORMAT)."""
+    from adapters.prompts import DEFAULT_FORMAT
+    from policies.r1vla.configuration_r1vla import recorded_coords, resolve_coords
+
+    per_arm = {label: recorded_coords(path) for label, path in backbone_paths.items()}
+    coords = policy.get("prompt_coords") or "auto"
+    if coords == "auto":
+        found = sorted({c for c in per_arm.values() if c})
+        if len(found) > 1:
+            raise ValueError(
+                f"the arms' backbones learned different coordinate formats ({per_arm}); one prompt serves every "
+                "arm: set policy.prompt_coords to one of them"
+            )
+        coords = found[0] if found else DEFAULT_FORMAT
+    style = policy.get("prompt_style") or "robot_r1"
+    return {"style": style, "coordinates": resolve_coords(coords, None), "per_arm_recorded": per_arm}
 
 
 def _check_build(b: BackboneSpec) -> None:
@@ -299,8 +328,10 @@ def _suites(*names: str) -> tuple[str, ...]:
 
 
 # tiny builds: a handful of CPU steps on the 0.35 M-parameter stand-in (the paper's settings are the defaults)
-TINY_SFT = {"steps": 40, "lr": 5e-3, "batch": 8, "micro_batch": 8, "limit": 16}
-TINY_GRPO = {"steps": 2, "lr": 1e-5, "batch": 2, "micro_batch": 1, "limit": 8, "max_completion_length": 16}
+# both at one learning rate (reasoning/recipes.py LR_RULE: the SFT twin shares GRPO's), scaled up for 2-40 steps
+TINY_LR = 1e-3
+TINY_SFT = {"steps": 40, "lr": TINY_LR, "batch": 8, "micro_batch": 8, "limit": 16}
+TINY_GRPO = {"steps": 2, "lr": TINY_LR, "batch": 2, "micro_batch": 1, "limit": 8, "max_completion_length": 16}
 
 # Robot-R1 App. F: GR00T-N1.5-style flow head on a frozen Qwen2.5-VL-7B, batch 32, 60k steps, 4 suites, standard
 # protocol, 10 tasks x 50 init states; GR00T's LIBERO augmentation; 3 training seeds per backbone (6 trainings of

@@ -92,7 +92,41 @@ def render_report(study, data: dict, cmp: dict) -> str:
                 done = study.done(run_name("eval_train", b, s))
                 cells.append(_train_start_success(Path(done["run"])) if done else "–")
             lines.append(f"| {b.label} | " + " | ".join(cells) + " |")
+    prompt = study.done("prompt") or {}
+    lines += [
+        "",
+        "## Backbone prompt",
+        "",
+        f"Every arm's policy prompts its backbone alike: style `{prompt.get('style')}`, positions written as "
+        f"`{prompt.get('coordinates')}` (adapters/prompts.py CoordFormat: unit@reference/decimals on the LIBERO "
+        "world axes; the format recorded with each built backbone, as its MCQA questions wrote them). `r1vla "
+        "compare` refuses runs whose prompts differ.",
+    ]
     built = [b for b in arms if b.build]
+    if built:
+        lines += [
+            "",
+            "## How far each built backbone moved from its base",
+            "",
+            "Relative weight change ‖θ−θ0‖/‖θ0‖ over all weights, and mean per-token KL(built ‖ base) of the "
+            "next-token distributions over held-out MCQA prompts (reasoning/drift.py): 'RL vs SFT' is only "
+            "read as such when the arms moved comparably far.",
+            "",
+            "| backbone | built by | lr | answer format | weights | moved from base ‖θ−θ0‖/‖θ0‖ | KL(built ‖ base) nats/token |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for b in built:
+            bb = study.done(f"backbone/{b.label}") or {}
+            d = bb.get("drift") or {}
+            lr = b.build_args.get("lr", "default (1e-6)")
+            w = (bb.get("precision") or {}).get("weights", "–")
+            change = (
+                f"{d['relative_weight_change']:.3g}" if d.get("relative_weight_change") is not None else "–"
+            )
+            kl = f"{d['kl_to_base']:.3g}" if d.get("kl_to_base") is not None else "–"
+            lines.append(
+                f"| {b.label} | {b.build} | {lr} | {bb.get('answer_format', '–')} | {w} | {change} | {kl} |"
+            )
     if built and cfg.mcqa.probe:
         lines += [
             "",

@@ -35,6 +35,7 @@ from reasoning.questions import (
     LETTERS,
     OptionRule,
     balanced_letters,
+    cm_format,
     fmt_position,
     movement_distractors,
     movement_labels,
@@ -48,7 +49,7 @@ from reasoning.source import ACTION_KEY, IMAGE_KEY, STATE_KEY, Frames, check_fea
 
 log = logging.getLogger("reasoning.mcqa")
 META_FILE = "r1vla_mcqa.json"
-MCQA_VERSION = 1  # bump when rows built from the same inputs would change
+MCQA_VERSION = 2  # bump when rows built from the same inputs would change (2: axis words as the image shows)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class MCQAConfig:
     min_lead: int = 3  # a current frame lies at least this many frames before its next keypoint
     min_move_cm: float = 2.0  # ... and at least this far (cm) from it
     heldout_episodes: int | None = None  # episodes in the held-out split; None = 10% (0 with one episode)
+    heldout_ids: tuple[int, ...] | None = (
+        None  # exactly these episodes are held out (a study's held-out demos)
+    )
     seed: int = 0  # every random choice (frames, distractors, letters, held-out episodes)
     image_key: str = IMAGE_KEY  # the camera shown (agentview, upright)
     reference_m: tuple[float, float, float] | None = None  # origin of the cm coordinates; None = mean start
@@ -150,7 +154,8 @@ def build_mcqa(
     if cfg.reference_m is not None:
         ref = np.asarray(cfg.reference_m, dtype=np.float64)
     else:  # mean start position, rounded to 0.1 mm so it prints and reloads exactly
-        ref = np.round(np.mean([cols[STATE_KEY][rows_of[e][0], :3] for e in episodes], axis=0), 4)
+        starts = [e for e in episodes if e not in set(cfg.heldout_ids or ())] or episodes  # training starts
+        ref = np.round(np.mean([cols[STATE_KEY][rows_of[e][0], :3] for e in starts], axis=0), 4)
     per_ep, skipped = {}, {}
     for e in episodes:
         idx = rows_of[e][np.argsort(cols["frame_index"][rows_of[e]])]
@@ -169,10 +174,16 @@ def build_mcqa(
             f"no questions: all {len(episodes)} episodes were skipped ({'; '.join(f'{e}: {w}' for e, w in skipped.items())})"
         )
     used = sorted(per_ep)
+    if cfg.heldout_ids is not None:  # the caller's held-out episodes: never in the training questions
+        missing = sorted(set(cfg.heldout_ids) - set(episodes))
+        if missing:
+            raise ValueError(f"held-out episodes {missing} are not in the dataset (episodes: {episodes})")
+        heldout = sorted(int(e) for e in cfg.heldout_ids if e in per_ep)
     n_held = cfg.heldout_episodes if cfg.heldout_episodes is not None else (round(0.1 * len(used)) or 1)
     n_held = min(n_held, len(used) - 1) if len(used) > 1 else 0
     split_rng = np.random.default_rng([cfg.seed, 7919])
-    heldout = sorted(int(e) for e in split_rng.choice(used, size=n_held, replace=False)) if n_held else []
+    if cfg.heldout_ids is None:
+        heldout = sorted(int(e) for e in split_rng.choice(used, size=n_held, replace=False)) if n_held else []
     features = Features(
         {
             "id": Value("string"),
@@ -191,7 +202,8 @@ def build_mcqa(
             "current_cm": Sequence(Value("int64")),
         }
     )
-    split_eps = {"train": [e for e in used if e not in heldout], "heldout": heldout}
+    held_set = set(heldout) | set(cfg.heldout_ids or ())
+    split_eps = {"train": [e for e in used if e not in held_set], "heldout": heldout}
     split_qs, counts = {}, {}
     for split, eps in split_eps.items():
         qs = [q for e in eps for q in per_ep[e]]
@@ -258,7 +270,12 @@ def build_mcqa(
         "mcqa_hash": None,  # filled in while the rows are written
         "seed": cfg.seed,
         "reference_m": [float(v) for v in ref],
-        "config": {**asdict(cfg), "kinds": list(cfg.kinds)},
+        "coordinates": cm_format(ref).spec(),  # the format the backbones learn (adapters.prompts.CoordFormat)
+        "config": {
+            **asdict(cfg),
+            "kinds": list(cfg.kinds),
+            "heldout_ids": None if cfg.heldout_ids is None else list(cfg.heldout_ids),
+        },
         "counts": counts,
         "heldout_episodes": heldout,
         "skipped_episodes": {str(e): w for e, w in skipped.items()},

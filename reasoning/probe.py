@@ -159,6 +159,14 @@ def generate(
     return texts
 
 
+def provenance_of(path: str | None) -> dict:
+    """The r1vla_provenance.json of a built backbone folder, else {}."""
+    from reasoning.train import PROVENANCE
+
+    f = Path(path) / PROVENANCE if path else None
+    return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+
+
 def probe(
     backbone: str | os.PathLike,
     mcqa: str | os.PathLike,
@@ -168,6 +176,7 @@ def probe(
     batch_size: int = 8,
     base_path: str | None = None,
     json_out: str | os.PathLike | None = None,
+    answer_format: str | None = None,
 ) -> dict:
     """Accuracy / format rate per question kind and overall (Wilson 95% CIs) of `backbone` on an MCQA split."""
     from reasoning.mcqa import load_mcqa
@@ -178,10 +187,18 @@ def probe(
     if len(rows) == 0:
         raise ValueError(f"MCQA split {split!r} of {mcqa} is empty")
     model, processor, info = load_for_generation(str(backbone), base_path)
+    prov = provenance_of(info.get("base_path") if info.get("kind") == "backbone" else None)
+    fmt = answer_format or prov.get("answer_format") or "think"  # a build is asked as it was trained
+    if fmt != "think":
+        from reasoning.questions import with_answer_format
+
+        rows = rows.map(lambda r: {"prompt": with_answer_format(r["prompt"], fmt)})
     texts = generate(model, processor, rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
     options = meta.get("config", {}).get("option_rule", {}).get("options", 4)
-    result = score(texts, rows["answer"], rows["kind"], options=options)
+    result = score(texts, rows["answer"], rows["kind"], options=options, answer_format=fmt)
     result.update(
+        answer_format=fmt,
+        drift=prov.get("drift"),
         backbone=str(backbone),
         loaded=info,
         mcqa=str(mcqa),
@@ -220,7 +237,10 @@ def run(args: argparse.Namespace) -> int:
         args.backbone_path,
         args.json,
     )
+    from reasoning.drift import drift_line
+
     print(f"probe of {args.backbone} on {args.split} (n={r['overall']['n']}, chance {r['chance']:.2f})")
+    print(drift_line(r.get("drift")) + f"; answer format {r['answer_format']}")
     print(f"{'kind':<10}{'n':>5}  {'accuracy [95% CI]':<24}{'format [95% CI]':<24}")
     for kind, m in [*r["per_kind"].items(), ("overall", r["overall"])]:
         acc = f"{m['accuracy']:.3f} [{m['accuracy_ci95'][0]:.2f}, {m['accuracy_ci95'][1]:.2f}]"

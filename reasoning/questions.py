@@ -6,7 +6,8 @@ Three kinds (Robot-R1, arXiv 2506.00070, Sec. 3): given the agentview image of t
 - `movement`: which direction it moves from now to the next keypoint (the current position is given).
 
 Positions are [X, Y, Z] in whole centimetres from a fixed reference point (metadata of the MCQA set), on the
-LIBERO world axes worded as adapters/prompts.py's ROBOT_R1_AXES. A movement is the phrase of the dominant axes
+LIBERO world axes worded as adapters/prompts.py's AXIS_WORDS: the directions as seen in the shown agentview frame
+(X front = toward the camera, Y left = the image's left, Z up), checked on rendered pixels. A movement is the phrase of the dominant axes
 of the displacement: every axis whose |d| >= `dominance` x max |d| and >= `move_min_cm`, in X, Y, Z order
 ("move front and down"). Position distractors are at least `min_dist_cm` from the answer and from each other;
 movement distractors differ from the answer and from each other on at least `min_axis_diff` axes.
@@ -19,15 +20,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from adapters.prompts import ROBOT_R1_AXES, ROBOT_R1_SYSTEM
+from adapters.prompts import AXIS_WORDS, ROBOT_R1_AXES, ROBOT_R1_SYSTEM, CoordFormat
 
 KINDS = ("waypoint", "state", "movement")
 LETTERS = "ABCDEFGH"
-AXIS_WORDS = (("back", "front"), ("left", "right"), ("down", "up"))  # (-, +) per axis, as ROBOT_R1_AXES
 FORMAT_INSTRUCTION = (
     "Think about the scene step by step inside <think> </think>, then give only the letter of the correct "
     "option inside <answer> </answer>."
 )
+DIRECT_INSTRUCTION = "Give only the letter of the correct option inside <answer> </answer>."
+# the last line of every question: GRPO (and CoT SFT) reason first; Robot-R1's Direct SFT baseline answers only
+ANSWER_FORMATS = {"think": FORMAT_INSTRUCTION, "direct": DIRECT_INSTRUCTION}
 QUESTIONS = {
     "waypoint": "Which position will the gripper reach at the next keypoint (its next grasp, release or stop)?",
     "state": "Where is the gripper now?",
@@ -58,9 +61,14 @@ class OptionRule:
         return asdict(self)
 
 
+def cm_format(reference_m: np.ndarray) -> CoordFormat:
+    """The questions' coordinate format: whole centimetres from the reference point, LIBERO world axes."""
+    return CoordFormat("cm", tuple(float(v) for v in reference_m), 0)  # type: ignore[arg-type]
+
+
 def to_cm(position_m: np.ndarray, reference_m: np.ndarray) -> list[int]:
-    """World position (m) -> whole centimetres from the reference point."""
-    return [int(v) + 0 for v in np.rint(100.0 * (np.asarray(position_m) - reference_m))]
+    """World position (m) -> whole centimetres from the reference point (cm_format's numbers)."""
+    return cm_format(reference_m).values(position_m)
 
 
 def fmt_position(cm: list[int]) -> str:
@@ -133,8 +141,7 @@ def question_text(
         f"## Task description\n{task}",
         "## Visual Input\nthird-person view of the workspace",
         f"## Coordinate System\n{ROBOT_R1_AXES}",
-        "Positions are [X, Y, Z] in cm from a fixed reference point (0, 0, 0): the gripper's usual position "
-        f"at the start of a task. Scale: the open gripper is about {rule.gripper_width_cm:g} cm wide.",
+        f"{cm_format(np.ones(3)).describe()} Scale: the open gripper is about {rule.gripper_width_cm:g} cm wide.",
     ]
     if current_cm is not None:
         lines.append(f"## Current Robot State Position: {fmt_position(current_cm)}")
@@ -158,3 +165,17 @@ def place_answer(answer: str, distractors: list[str], letter: int) -> list[str]:
     opts = list(distractors)
     opts.insert(letter, answer)
     return opts
+
+
+def with_answer_format(prompt: list[dict], fmt: str) -> list[dict]:
+    """The chat `prompt` of an MCQA row with its last line (the answer-format instruction) set to `fmt`'s."""
+    if fmt not in ANSWER_FORMATS:
+        from hints import unknown
+
+        raise unknown("answer format", fmt, list(ANSWER_FORMATS))
+    out = [dict(m) for m in prompt]
+    head, _, last = out[-1]["content"].rpartition("\n")
+    if last not in ANSWER_FORMATS.values():
+        raise ValueError(f"the prompt does not end with an answer-format instruction: {last!r}")
+    out[-1]["content"] = f"{head}\n{ANSWER_FORMATS[fmt]}"
+    return out

@@ -6,9 +6,16 @@ taken from EasyR1's examples/config.yaml (hiyouga/EasyR1): KL as a loss term wit
 estimator and kl_coef 1e-2 (TRL's `beta`, whose KL term is the same k3 estimator), AdamW weight decay 1e-2,
 max grad norm 1.0, no warmup, rollout top_p 0.99, clip ratio 0.2. "Batch 128" is read as 128 prompts per
 optimizer step (x 5 samples = 640 completions): TRL needs the completion batch divisible by the group size.
-The SFT twin trains on the same questions with the answers as targets; the paper gives no SFT
-hyperparameters, so lr 1e-5 (a common full fine-tune rate for Qwen2.5-VL-7B) with the same batch, epochs,
-optimizer and (constant) schedule.
+
+The SFT twin is Robot-R1's "Direct SFT" baseline (the paper reports Direct SFT and CoT SFT; our MCQA has no
+reasoning traces, so CoT SFT has no targets): answer-only targets `<answer>X</answer>` under a prompt that asks
+for exactly that (reasoning/questions.py ANSWER_FORMATS["direct"]), the same prompt in training and in the probe.
+Its learning rate follows one stated rule: the twin shares every optimizer setting of the GRPO recipe (lr 1e-6,
+batch, epochs, AdamW, constant schedule), so the two arms differ by their objective only; how far each moved
+from the base is measured after the build (reasoning/drift.py) and reported beside the probe.
+
+Precision (adapters/precision.py, the rule the VLA's backbone modes share): the weights a build changes stay
+float32 masters, on GPUs too; bf16 compute comes from autocast (TRL's `bf16=True` over fp32 weights).
 """
 
 from __future__ import annotations
@@ -22,7 +29,14 @@ from hints import check as _check_choice
 
 METHODS = ("sft", "grpo")
 VLLM_MODES = ("colocate", "server")
-DEFAULT_LR = {"grpo": 1e-6, "sft": 1e-5}  # grpo: Robot-R1 / EasyR1; sft: our choice (no source)
+DEFAULT_LR = {
+    "grpo": 1e-6,
+    "sft": 1e-6,
+}  # grpo: Robot-R1 / EasyR1; sft: the same (rule: one optimizer setting)
+LR_RULE = (
+    "sft shares the GRPO recipe's learning rate (1e-6, Robot-R1 / EasyR1): the arms differ by objective only"
+)
+ANSWER_FORMAT = {"grpo": "think", "sft": "direct"}  # GRPO: <think>..</think><answer>X</answer>; Direct SFT
 LORA_TARGETS = r"^model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
 
 
@@ -31,7 +45,7 @@ class TrainConfig:
     method: str = "grpo"  # sft (TRL SFTTrainer) | grpo (TRL GRPOTrainer)
     steps: int | None = None  # optimizer steps; None = `epochs` passes over the training questions
     epochs: float = 5.0  # Robot-R1: 5 epochs
-    lr: float | None = None  # None = DEFAULT_LR[method] (grpo 1e-6 Robot-R1; sft 1e-5 ours)
+    lr: float | None = None  # None = DEFAULT_LR[method] (1e-6 for both: Robot-R1's GRPO rate, LR_RULE)
     batch: int = 128  # per optimizer step: sft samples | grpo prompts (x num_generations completions)
     micro_batch: int = (
         4  # per device and forward: sft samples | grpo prompts (gradient accumulation fills batch)
@@ -63,9 +77,14 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = 0.3  # grpo colocate: vLLM's share of each GPU (TRL's default)
     limit: int | None = None  # train on the first N training questions only (smoke tests)
     seed: int = 0  # trainer seed (data order, sampling, LoRA init)
+    dtype: str = "auto"  # weights' dtype: auto = float32 masters (bf16 autocast on CUDA); bfloat16 is refused
+    drift_questions: int = 16  # held-out MCQA prompts the KL(built || base) is measured on after the build
 
     def __post_init__(self) -> None:
         _check_choice("training method", self.method, METHODS)
+        from adapters.precision import check_dtype
+
+        check_dtype(self.dtype, True, f"a {self.method} build")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1 or None; got {self.steps}")
         if self.batch < 1 or self.micro_batch < 1 or self.batch % min(self.micro_batch, self.batch):
@@ -90,18 +109,16 @@ class TrainConfig:
         return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
+def answer_format(method: str, has_reasoning: bool) -> str:
+    """The answer format a build trains (and is probed) with: GRPO and CoT SFT `think`, Direct SFT `direct`."""
+    return "think" if method == "grpo" or has_reasoning else "direct"
+
+
 def sft_target(row: dict) -> str:
     """Direct SFT: `<answer>X</answer>`; CoT SFT when the row carries reasoning: `<think>...</think><answer>X</answer>`."""
     reasoning = (row.get("reasoning") or "").strip()
     head = f"<think>{reasoning}</think>" if reasoning else ""
     return f"{head}<answer>{row['answer']}</answer>"
-
-
-def sharded() -> bool:
-    """Launched by accelerate with an FSDP or DeepSpeed config (r1vla/launch/fsdp.yaml, zero3.yaml)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or (
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    )
 
 
 def checkpointing(cfg: TrainConfig, base_path: str) -> bool:
@@ -114,11 +131,25 @@ def checkpointing(cfg: TrainConfig, base_path: str) -> bool:
     return count_parameters(qwen_config(base_path))[0] > 1e9
 
 
-def _common_args(cfg: TrainConfig, out_dir: str, world: int, base_path: str) -> dict:
+def precision(cfg: TrainConfig, device: str | None = None) -> Any:
+    """adapters.precision.Precision of a build on `device` (default: cuda when available, else cpu)."""
+    from adapters.precision import resolve_precision
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_precision(device, True, cfg.dtype, f"a {cfg.method} build")
+
+
+def _common_args(
+    cfg: TrainConfig, out_dir: str, world: int, base_path: str, device: str | None = None
+) -> tuple[dict, int]:
     import torch
 
     from r1vla.launch import split_batch
 
+    prec = precision(cfg, device)
     micro, accum = split_batch(cfg.batch, world, cfg.micro_batch)  # refuses a batch that does not divide
     report = ["tensorboard"] if importlib.util.find_spec("tensorboard") else "none"
     return (
@@ -137,7 +168,7 @@ def _common_args(cfg: TrainConfig, out_dir: str, world: int, base_path: str) -> 
             save_total_limit=2,
             logging_steps=cfg.logging_steps,
             report_to=report,
-            bf16=torch.cuda.is_available(),
+            bf16=prec.autocast_bf16,  # autocast over the fp32 weights below (never bf16 masters)
             # without CUDA, transformers sets up no process group under a launcher unless told: each process would
             # train alone at world size 1 (and race the others to the output folder)
             use_cpu=not torch.cuda.is_available(),
@@ -147,10 +178,8 @@ def _common_args(cfg: TrainConfig, out_dir: str, world: int, base_path: str) -> 
             remove_unused_columns=False,
             dataloader_num_workers=0,
             gradient_checkpointing=checkpointing(cfg, base_path),
-            # sharded (FSDP / ZeRO-3): fp32 master weights, bf16 compute by mixed precision; one GPU: bf16 weights
-            model_init_kwargs={
-                "dtype": "bfloat16" if torch.cuda.is_available() and not sharded() else "float32"
-            },
+            # fp32 master weights everywhere (adapters/precision.py); sharded (FSDP / ZeRO-3): shards of them
+            model_init_kwargs={"dtype": prec.weights},
             disable_tqdm=True,
         ),
         micro,
@@ -176,8 +205,16 @@ def make_trainer(
     if cfg.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
+        from reasoning.questions import with_answer_format
+
         keep = {"prompt", "completion", "image"}
-        data = train_ds.map(lambda r: {"completion": [{"role": "assistant", "content": sft_target(r)}]})
+        fmt = answer_format("sft", any(train_ds["reasoning"]))
+        data = train_ds.map(
+            lambda r: {
+                "prompt": with_answer_format(r["prompt"], fmt),  # Direct SFT asks for the answer only
+                "completion": [{"role": "assistant", "content": sft_target(r)}],
+            }
+        )
         data = data.remove_columns([c for c in data.column_names if c not in keep])
         args = SFTConfig(
             **common, per_device_train_batch_size=micro, max_length=None, completion_only_loss=True

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 ANSWER_RE = re.compile(r"<answer>\s*([A-Z])\s*</answer>", re.S)
 FORMAT_RE = re.compile(r"^\s*<think>.*?</think>\s*<answer>\s*[A-Z]\s*</answer>\s*$", re.S)
+DIRECT_RE = re.compile(r"^\s*<answer>\s*[A-Z]\s*</answer>\s*$", re.S)  # Direct SFT's format (the probe)
+FORMAT_RES = {"think": FORMAT_RE, "direct": DIRECT_RE}
 
 
 def completion_text(completion: object) -> str:
@@ -33,8 +35,8 @@ def parse_answer(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def is_formatted(text: str) -> bool:
-    return FORMAT_RE.match(text) is not None
+def is_formatted(text: str, answer_format: str = "think") -> bool:
+    return FORMAT_RES[answer_format].match(text) is not None
 
 
 def format_reward(completions: list, **_: object) -> list[float]:
@@ -70,16 +72,22 @@ def _rates(correct: list[bool], formatted: list[bool], answered: list[bool]) -> 
     return out
 
 
-def score(texts: Sequence[str], answers: Sequence[str], kinds: Sequence[str], options: int = 4) -> dict:
-    """Accuracy, format rate and answered rate (a valid <answer> tag) per kind and overall, Wilson 95% CIs.
-    `chance` = 1 / options."""
+def score(
+    texts: Sequence[str],
+    answers: Sequence[str],
+    kinds: Sequence[str],
+    options: int = 4,
+    answer_format: str = "think",
+) -> dict:
+    """Accuracy, format rate (of `answer_format`: think | direct) and answered rate (a valid <answer> tag) per
+    kind and overall, Wilson 95% CIs. `chance` = 1 / options."""
     if not len(texts) == len(answers) == len(kinds):
         raise ValueError(
             f"texts, answers, kinds differ in length: {len(texts)}, {len(answers)}, {len(kinds)}"
         )
     letters = [parse_answer(t) for t in texts]
     correct = [p == a for p, a in zip(letters, answers, strict=True)]
-    formatted = [is_formatted(t) for t in texts]
+    formatted = [is_formatted(t, answer_format) for t in texts]
     answered = [p is not None for p in letters]
     result = {"overall": _rates(correct, formatted, answered), "per_kind": {}, "chance": 1.0 / options}
     for kind in sorted(set(kinds)):

@@ -8,7 +8,7 @@
 
 Both write a standard Qwen2.5-VL checkpoint folder (config.json, model.safetensors, tokenizer, processor,
 chat template; LoRA merged) with `r1vla_provenance.json` (base, MCQA hash, method, steps, hyperparameters,
-final losses / rewards, warnings, versions) and `r1vla_train_log.jsonl` (every trainer log line) beside it.
+precision, answer format, coordinate format, drift from the base, final losses / rewards, warnings, versions) and `r1vla_train_log.jsonl` (every trainer log line) beside it.
 Work happens in the sibling `.DIR.partial/` (trainer checkpoints every `save_steps`); the finished model is
 renamed to DIR at the end, so DIR exists only when complete. Re-running the same command resumes from the
 last checkpoint in `.DIR.partial/`, or returns at once when DIR is complete; a different request is refused.
@@ -27,7 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from reasoning.base import check_qwen2_5_vl, resolve_base, versions, write_json_atomic
-from reasoning.recipes import METHODS, TrainConfig, make_trainer
+from reasoning.recipes import LR_RULE, METHODS, TrainConfig, answer_format, make_trainer, precision
 
 log = logging.getLogger("reasoning.train")
 PROVENANCE = "r1vla_provenance.json"
@@ -190,6 +190,12 @@ def train_backbone(
             "mean_token_accuracy",
             "train_loss",
         )
+        fmt = answer_format(method, any(train_ds["reasoning"]))
+        drift = None
+        if cfg.drift_questions > 0:  # how far the build moved from its base (reasoning/drift.py)
+            from reasoning.drift import measure_drift
+
+            drift = measure_drift(str(model_dir), base_path, str(mcqa), cfg.drift_questions, fmt)
         provenance = {
             "request": request,
             "method": method,
@@ -202,9 +208,14 @@ def train_backbone(
             "steps": trainer.state.global_step,
             "epochs_done": trainer.state.epoch,
             "resumed_from": Path(last).name if last else None,
+            "answer_format": fmt,  # the prompt's last line the build trained with (and is probed with)
+            "coordinates": meta.get("coordinates"),  # the position format of its questions (adapters.prompts)
+            "precision": precision(cfg).as_dict(),
+            "drift": drift,
             "hyperparameters": {
                 **asdict(cfg),
                 "learning_rate": cfg.learning_rate,
+                "learning_rate_rule": LR_RULE if cfg.lr is None else "set by the caller",
                 "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
                 "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
                 "world_size": trainer.args.world_size,
@@ -248,7 +259,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--out", help="checkpoint folder to write (required unless --plan)")
         s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs)")
         s.add_argument("--epochs", type=float, default=5.0)
-        s.add_argument("--lr", type=float, default=None, help="default: grpo 1e-6, sft 1e-5")
+        s.add_argument("--lr", type=float, default=None, help="default 1e-6 for both (Robot-R1's GRPO rate)")
         s.add_argument("--lora", action="store_true", help="LoRA on the LLM projections, merged on save")
         s.add_argument("--batch", type=int, default=128, help="sft samples | grpo prompts per optimizer step")
         s.add_argument("--micro-batch", type=int, default=4, help="per device and forward")
@@ -316,6 +327,9 @@ def run(args: argparse.Namespace) -> int:
     out = train_backbone(args.method, args.base, args.mcqa, args.out, steps=steps, **hp)
     prov = json.loads((out / PROVENANCE).read_text())
     print(json.dumps({"out": str(out), "steps": prov["steps"], "final": prov["final"]}, indent=2))
+    from reasoning.drift import drift_line
+
+    print(drift_line(prov.get("drift")))
     return 0
 
 

@@ -361,7 +361,8 @@ def test_prompt_styles():
     assert build_prompt("plain", "put the bowl on the plate", state) == "put the bowl on the plate"
     text = build_prompt("robot_r1", "put the bowl on the plate", state)
     assert "You are Franka Robot Assistant: Task Planning and Execution System" in text
-    assert "X front(+)/back(−), Y left(−)/right(+), Z down(−)/up(+)" in text
+    # the axis words as the shown image (tests/test_axis_words.py)
+    assert "X front(+)/back(−), Y left(+)/right(−), Z down(−)/up(+)" in text
     assert (
         "Current Robot State Position: [0.123, -0.046, 1.000]" in text and "put the bowl on the plate" in text
     )

@@ -89,7 +89,8 @@ def test_keypoint_rule_on_synthetic_trajectory():
 def test_movement_phrase_uses_dominant_axes():
     rule = OptionRule()
     assert movement_phrase(movement_labels(np.array([5.0, 0.4, -4.0]), rule)) == "move front and down"
-    assert movement_phrase(movement_labels(np.array([-1.0, 6.0, 0.0]), rule)) == "move right"
+    # +Y is the image's left in the shown frame (rendered: tests/test_axis_words.py)
+    assert movement_phrase(movement_labels(np.array([-1.0, 6.0, 0.0]), rule)) == "move left"
     assert movement_labels(np.array([0.3, 0.2, 0.1]), rule) is None
 
 
@@ -276,18 +277,37 @@ def test_sft_lowers_loss_and_beats_chance(sft_dir, mcqa, tiny_backbone_dir):
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
     assert before["overall"]["accuracy"] <= 0.25
     assert after["overall"]["accuracy"] >= 0.75, after["examples"]  # chance 0.25; 6/8 has p < 0.005
-    assert after["overall"]["answered"] == 1.0 and after["overall"]["format"] == 0.0  # direct SFT: no <think>
+    # Direct SFT is asked as it was trained (answer only) and its format is scored as such
+    assert after["answer_format"] == "direct" and prov["answer_format"] == "direct"
+    assert after["overall"]["answered"] == 1.0 and after["overall"]["format"] == 1.0
+    assert prov["drift"]["relative_weight_change"] > 0 and prov["drift"]["kl_to_base"] > 0
 
 
-def test_grpo_logs_rewards(sft_dir, mcqa, tmp_path):
-    """GRPO from the SFT checkpoint: it answers, so the answer reward varies within a group. The SFT model is
-    so sharp that at temperature 1.0 all 5 samples agree (no signal); 1.5 makes the groups differ (measured)."""
+@pytest.fixture(scope="module")
+def direct_mcqa(mcqa, tmp_path_factory) -> Path:
+    """The MCQA asked in the Direct SFT format (the prompt `sft_dir` learned to answer)."""
+    import shutil
+
+    from reasoning.mcqa import META_FILE
+    from reasoning.questions import with_answer_format
+
+    dd, _ = load_mcqa(mcqa)
+    out = tmp_path_factory.mktemp("direct") / "mcqa"
+    dd.map(lambda r: {"prompt": with_answer_format(r["prompt"], "direct")}).save_to_disk(str(out))
+    shutil.copy(mcqa / META_FILE, out / META_FILE)
+    return out
+
+
+def test_grpo_logs_rewards(sft_dir, direct_mcqa, tmp_path):
+    """GRPO from the SFT checkpoint, on the prompts it was trained with: it answers, so the answer reward varies
+    within a group. The SFT model is so sharp that at temperature 1.0 all 5 samples agree (no signal); 1.5 makes
+    the groups differ (measured)."""
     from reasoning.train import train_backbone
 
     out = train_backbone(
         "grpo",
         str(sft_dir),
-        mcqa,
+        direct_mcqa,
         tmp_path / "grpo",
         steps=2,
         batch=2,

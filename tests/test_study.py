@@ -99,8 +99,9 @@ def test_presets_and_paths():
     assert dumped == ok  # the saved YAML reloads to the same study
 
 
-SFT_ARGS = {"steps": 4, "lr": 5e-3, "batch": 4, "micro_batch": 4, "limit": 4}
-GRPO_ARGS = {"steps": 1, "batch": 1, "micro_batch": 1, "limit": 2, "max_completion_length": 8}
+LR = 5e-3  # one learning rate for both builds (reasoning/recipes.py LR_RULE)
+SFT_ARGS = {"steps": 4, "lr": LR, "batch": 4, "micro_batch": 4, "limit": 4}
+GRPO_ARGS = {"steps": 1, "lr": LR, "batch": 1, "micro_batch": 1, "limit": 2, "max_completion_length": 8}
 
 
 def smallest(out_name: str = "study") -> study_config.StudyConfig:
@@ -213,6 +214,20 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert {b: v["built"] for b, v in built.items()} == {"robot_r1": "grpo", "sft": "sft"}
     prov = json.loads((Path(built["sft"]["path"]) / "r1vla_provenance.json").read_text())
     assert prov["method"] == "sft" and prov["steps"] == 4
+    # both arms prompted alike (style and the coordinate format their MCQA used), and both moved from the base
+    prompt = json.loads((out / "stages" / "prompt.json").read_text())
+    assert prompt["style"] == "robot_r1" and prompt["coordinates"] == prov["coordinates"]
+    assert (
+        prompt["coordinates"].startswith("cm@")
+        and f"style `robot_r1`, positions written as `{prompt['coordinates']}`" in text
+    )
+    assert "How far each built backbone moved from its base" in text
+    for b, v in built.items():
+        assert v["drift"]["relative_weight_change"] > 0 and v["drift"]["kl_to_base"] > 0, (b, v["drift"])
+    mcqa = json.loads((out / "mcqa" / "r1vla_mcqa.json").read_text())
+    assert (
+        mcqa["heldout_episodes"] == json.loads((out / "stages" / "data.json").read_text())["heldout_episodes"]
+    )
     assert "LIBERO's randomized placement" in text and "mean-action baseline" in text
     assert "Success from the training starts" in text and "checkpoint" in text
     for label in ("robot_r1", "sft"):

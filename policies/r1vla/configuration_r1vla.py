@@ -56,6 +56,8 @@ class R1VLAConfig(PreTrainedConfig):
     lora_alpha: int = 16  # LoRA alpha (OpenVLA-OFT: min(r, 16))
     lora_dropout: float = 0.0  # LoRA dropout
     prompt_style: str | None = None  # plain | robot_r1; None = the preset's own
+    prompt_coords: str = "auto"  # robot_r1 positions: auto = the backbone's recorded format (its
+    # r1vla_provenance.json "coordinates"), else world_m3; or a named format / UNIT@X,Y,Z/DEC (adapters.prompts)
     image_size: int = 224  # views resized to this square: 64 visual tokens each
     image_keys: tuple[str, ...] = (THIRD_PERSON_KEY, WRIST_KEY)  # batch keys read, third person first
     state_dim: int = 8  # eef pos (3) + axis-angle (3) + gripper qpos (2)
@@ -140,6 +142,7 @@ class R1VLAConfig(PreTrainedConfig):
         if not 0.5 <= self.augment_crop <= 1.0:
             raise ValueError(f"augment_crop must be in [0.5, 1] (side fraction), got {self.augment_crop}")
         self.backbone_config()  # unknown backbone key / mode / prompt style: rejected before any work
+        self.prompt_coords = resolve_coords(self.prompt_coords, self.backbone_path)  # recorded as resolved
 
     def backbone_config(self) -> BackboneConfig:
         return BackboneConfig(
@@ -209,6 +212,29 @@ class R1VLAConfig(PreTrainedConfig):
     @property
     def reward_delta_indices(self) -> None:
         return None
+
+
+def resolve_coords(coords: str, backbone_path: str | None) -> str:
+    """`auto` -> the coordinate format recorded with the backbone (r1vla_provenance.json), else the documented
+    default for external checkpoints (adapters.prompts.DEFAULT_FORMAT); anything else is checked and kept."""
+
+    from adapters.prompts import DEFAULT_FORMAT, parse_coord_format
+
+    if coords != "auto":
+        parse_coord_format(coords)  # unknown -> ValueError naming the valid ones
+        return coords
+    return recorded_coords(backbone_path) or DEFAULT_FORMAT
+
+
+def recorded_coords(backbone_path: str | None) -> str | None:
+    """The coordinate format a built backbone recorded in its r1vla_provenance.json, else None."""
+    import json
+    from pathlib import Path
+
+    prov = Path(backbone_path).expanduser() / "r1vla_provenance.json" if backbone_path else None
+    if prov is not None and prov.is_file():
+        return json.loads(prov.read_text()).get("coordinates")
+    return None
 
 
 def rank_device(device: str | None) -> str | None:

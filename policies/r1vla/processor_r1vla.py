@@ -50,6 +50,7 @@ class R1VLAPromptProcessorStep(ProcessorStep):
     position). Runs before normalisation so the prompt sees the state in metres."""
 
     style: str = "plain"
+    coords: str = "world_m3"  # how robot_r1 writes the eef position (adapters.prompts.CoordFormat spec)
 
     def __call__(self, transition: EnvTransition) -> EnvTransition:
         new = transition.copy()
@@ -61,14 +62,14 @@ class R1VLAPromptProcessorStep(ProcessorStep):
         state = (new.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
         states = None if state is None else torch.as_tensor(state).reshape(len(tasks), -1).cpu().tolist()
         comp[PROMPT_KEY] = [
-            build_prompt(self.style, task, None if states is None else states[i])
+            build_prompt(self.style, task, None if states is None else states[i], self.coords)
             for i, task in enumerate(tasks)
         ]
         new[TransitionKey.COMPLEMENTARY_DATA] = comp
         return new
 
     def get_config(self) -> dict[str, Any]:
-        return {"style": self.style}
+        return {"style": self.style, "coords": self.coords}
 
     def transform_features(
         self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
@@ -101,7 +102,9 @@ def make_r1vla_pre_post_processors(
     input_steps = [
         RenameObservationsProcessorStep(rename_map=camera_rename_map(config)),
         AddBatchDimensionProcessorStep(),
-        R1VLAPromptProcessorStep(style=config.backbone_config().prompt_style_name),
+        R1VLAPromptProcessorStep(
+            style=config.backbone_config().prompt_style_name, coords=config.prompt_coords
+        ),
         DeviceProcessorStep(device=config.device),
         NormalizerProcessorStep(
             features=features,
