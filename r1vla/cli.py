@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": ("eval_libero.run", "evaluate a LeRobot policy on LIBERO suites (resumable, batched, sharded)"),
     "mcqa": ("reasoning.mcqa", "Robot-R1-style multiple-choice questions from a LeRobot LIBERO dataset"),
-    "backbone": ("reasoning.train", "train a backbone on MCQA questions: `backbone sft` or `backbone grpo`"),
+    "backbone": ("r1vla.backbone", "train a backbone on MCQA questions: `backbone sft` or `backbone grpo`"),
     "probe": (
         "reasoning.probe",
         "reasoning probe: MCQA accuracy and format rate of a backbone or VLA policy",

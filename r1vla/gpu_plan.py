@@ -16,7 +16,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-from r1vla import launch
+import scaleout as launch
 
 GIB = 2**30
 OVERHEAD = 2 * GIB  # CUDA context + allocator slack (not traced)
@@ -234,7 +234,7 @@ def _shard_advice(plan: StagePlan, params: int, trainable: int, m: int) -> str:
         need = max(2, math.ceil(states / (0.5 * plan.budget.gpu_gib * GIB)))
         return head + (
             f"shard fp32 weights, gradients and AdamW over >= {need} GPUs (accelerate --config_file "
-            "r1vla/launch/fsdp.yaml --num_processes N; `--gpus N`), or train LoRA (build_args lora: true)"
+            "scaleout/fsdp.yaml --num_processes N; `--gpus N`), or train LoRA (build_args lora: true)"
         )
     return head + (
         f"lower micro_batch (now {plan.per_device} per device; the global batch stays by gradient accumulation)"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from r1vla import launch
+import scaleout as launch
 from r1vla.gpu_plan import (
     BYTES,
     GIB,

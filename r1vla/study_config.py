@@ -90,7 +90,7 @@ class TrainSpec:
     launcher: tuple[
         str, ...
     ] = ()  # e.g. [accelerate, launch, --num_processes, "8"]; empty = auto: accelerate
-    #   (r1vla/launch/ddp.yaml) over every visible GPU when there are several, else one process
+    #   (scaleout/ddp.yaml) over every visible GPU when there are several, else one process
     extra_args: tuple[str, ...] = ()  # passed to lerobot-train verbatim
 
 
@@ -98,7 +98,7 @@ class TrainSpec:
 class BuildSpec:
     """How the backbone builds (`backbones[].build`) run: one subprocess each, through this launcher."""
 
-    launcher: tuple[str, ...] = ()  # e.g. [accelerate, launch, --config_file, r1vla/launch/fsdp.yaml,
+    launcher: tuple[str, ...] = ()  # e.g. [accelerate, launch, --config_file, scaleout/fsdp.yaml,
     #   --num_processes, "8"]; empty = auto: accelerate over every visible GPU when there are several
     #   (FSDP above 1 B parameters), else one process
 
@@ -249,7 +249,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if (
         cfg.train.launcher
     ):  # the global batch over the launcher's processes (auto launchers: checked by the plan)
-        from r1vla.launch import processes, split_batch
+        from scaleout import processes, split_batch
 
         split_batch(cfg.train.batch_size, processes(cfg.train.launcher))
     if cfg.eval.train_starts < 0:

@@ -147,7 +147,7 @@ def _common_args(
 ) -> tuple[dict, int]:
     import torch
 
-    from r1vla.launch import split_batch
+    from scaleout import split_batch
 
     prec = precision(cfg, device)
     micro, accum = split_batch(cfg.batch, world, cfg.micro_batch)  # refuses a batch that does not divide

@@ -3,7 +3,7 @@
     r1vla backbone sft  --base KEY_OR_PATH --mcqa MCQA --out DIR [--steps N] [--lora] [--lr LR]
     r1vla backbone grpo --base KEY_OR_PATH --mcqa MCQA --out DIR [--steps N] [--lora] [--lr LR]
     r1vla backbone grpo --base Qwen/Qwen2.5-VL-7B-Instruct --plan --gpus 8 --gpu-memory 80   # the GPU plan
-    accelerate launch --config_file r1vla/launch/fsdp.yaml --num_processes 8 -m reasoning.train grpo ...
+    accelerate launch --config_file scaleout/fsdp.yaml --num_processes 8 -m reasoning.train grpo ...
                                                    # multi-GPU, same arguments: FSDP, fp32 master weights
 
 Both write a standard Qwen2.5-VL checkpoint folder (config.json, model.safetensors, tokenizer, processor,
@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -246,7 +247,10 @@ def train_backbone(
 
 
 # --- CLI --------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(
+    p: argparse.ArgumentParser, each: Callable[[argparse.ArgumentParser], None] | None = None
+) -> None:
+    """The build's flags on `sft` and `grpo` subcommands; `each(subparser)` adds more (r1vla backbone: --plan)."""
     sub = p.add_subparsers(dest="method", required=True, metavar="|".join(METHODS))
     for method in METHODS:
         s = sub.add_parser(
@@ -289,13 +293,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             metavar="JSON",
             help="any TrainConfig fields as JSON, over the flags (e.g. '{\"micro_batch\": 1}'; the study uses it)",
         )
-        from r1vla.gpu_stages import add_plan_arguments
+        if each is not None:
+            each(s)
 
-        add_plan_arguments(s)
 
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def hparams(args: argparse.Namespace) -> tuple[dict, int | None]:
+    """(TrainConfig fields, steps) from the flags and --hparams; ValueError on bad --hparams."""
     hp = dict(
         epochs=args.epochs,
         lr=args.lr,
@@ -310,15 +313,18 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "grpo":
         hp.update(max_completion_length=args.max_completion_length, beta=args.beta)
         hp.update(use_vllm=False if args.no_vllm else None, vllm_mode=args.vllm_mode)
-    steps = args.steps
+    extra = json.loads(args.hparams) if args.hparams else {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"--hparams must be a JSON object of TrainConfig fields; got {args.hparams!r}")
+    steps = extra.pop("steps", args.steps)
+    hp.update(extra)
+    return hp, steps
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        extra = json.loads(args.hparams) if args.hparams else {}
-        if not isinstance(extra, dict):
-            raise ValueError(f"--hparams must be a JSON object of TrainConfig fields; got {args.hparams!r}")
-        steps = extra.pop("steps", steps)
-        hp.update(extra)
-        if args.plan:
-            return _plan(args, hp, steps)
+        hp, steps = hparams(args)
         if not (args.mcqa and args.out):
             raise ValueError("--mcqa and --out are required (or --plan)")
     except ValueError as e:  # json.JSONDecodeError is one
@@ -327,23 +333,7 @@ def run(args: argparse.Namespace) -> int:
     out = train_backbone(args.method, args.base, args.mcqa, args.out, steps=steps, **hp)
     prov = json.loads((out / PROVENANCE).read_text())
     print(json.dumps({"out": str(out), "steps": prov["steps"], "final": prov["final"]}, indent=2))
-    from reasoning.drift import drift_line
-
-    print(drift_line(prov.get("drift")))
     return 0
-
-
-def _plan(args: argparse.Namespace, hp: dict, steps: int | None) -> int:
-    """`--plan`: the build's GPU plan (r1vla/gpu_plan.py) on --gpus x --gpu-memory; exit 1 when it does not fit."""
-    from r1vla.gpu_plan import plan_backbone
-    from r1vla.gpu_stages import budget_from_args, render
-
-    budget = budget_from_args(args)
-    hp = {k: v for k, v in hp.items() if v is not None or k in ("gradient_checkpointing", "use_vllm")}
-    plan = plan_backbone(f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget)
-    text, rc = render([plan], budget)
-    print(text)
-    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

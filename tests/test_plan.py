@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from r1vla import launch  # noqa: E402
+import scaleout as launch  # noqa: E402
 
 
 def test_global_batch_splits_or_is_refused_with_the_numbers():
@@ -154,5 +154,5 @@ def test_backbone_build_through_a_two_process_launcher(tiny_backbone_dir, tmp_pa
     assert hp["one"]["world_size"] == 1 and hp["two"]["world_size"] == 2
     assert hp["one"]["gradient_accumulation_steps"] == 2 and hp["two"]["gradient_accumulation_steps"] == 1
     assert prov["one"]["request"]["config"] == prov["two"]["request"]["config"] and prov["two"]["steps"] == 2
-    assert yaml.safe_load((REPO / "r1vla/launch/fsdp.yaml").read_text())["distributed_type"] == "FSDP"
-    subprocess.run([sys.executable, "-c", "import r1vla.launch"], check=True, cwd=REPO)
+    assert yaml.safe_load((REPO / "scaleout/fsdp.yaml").read_text())["distributed_type"] == "FSDP"
+    subprocess.run([sys.executable, "-c", "import scaleout"], check=True, cwd=REPO)

@@ -1,4 +1,4 @@
-"""Launchers of the GPU stages: the ready accelerate configs shipped here, the number of processes a launcher
+"""Launchers of the GPU stages (below `reasoning` and `r1vla`, which both use it; imports only yaml): the ready accelerate configs shipped here, the number of processes a launcher
 starts, the global batch split over processes and gradient accumulation.
 
     fsdp.yaml   FSDP2 full shard, fp32 master weights, bf16 compute: backbone SFT / GRPO full fine-tunes of the 7B
