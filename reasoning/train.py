@@ -156,6 +156,7 @@ def train_backbone(
     else:
         write_json_atomic(req_file, request)
     processor = AutoProcessor.from_pretrained(base_path, use_fast=True)
+    prompt_side(processor, method)
     processor.image_processor.max_pixels = cfg.max_prompt_pixels
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
@@ -244,6 +245,15 @@ def train_backbone(
         shutil.rmtree(work, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def prompt_side(processor, method: str) -> None:
+    """GRPO pads prompts on the left (TRL's GRPOTrainer loads its own processor so, and re-tokenizes the prompts
+    with ours for the image inputs): with right padding, a batch of prompts of different lengths gets image-token
+    types shifted against the ids (a shape error in Qwen2.5-VL's M-RoPE, or wrong positions)."""
+    if method == "grpo":
+        processor.tokenizer.padding_side = "left"
+        processor.tokenizer.truncation_side = "left"
 
 
 # --- CLI --------------------------------------------------------------------------------------------------
