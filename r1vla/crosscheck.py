@@ -1,0 +1,201 @@
+"""`r1vla crosscheck`: one checkpoint, the same LIBERO episodes, two harnesses: vla-eval's LIBERO (allenai's, in
+this process, the policy served by `r1vla serve`) and `r1vla eval`. Per-episode agreement of the outcomes.
+
+    r1vla crosscheck --policy CKPT --out DIR [--suites object] [--tasks 0] [--init-states 0-4] [--seed 7]
+                     [--max-steps N] [--device cpu] [--timeout S]
+
+Writes DIR/r1vla (an `r1vla eval` run, `--gripper sign`), DIR/vla-eval (vla-eval's config.json, recording
+database and exported results), DIR/serve.log, DIR/crosscheck.csv (one row per episode) and DIR/crosscheck.json;
+prints the table, what could not be aligned, then
+
+    crosscheck: agreement A/N, r1vla S1/N, vla-eval S2/N
+    success 95% Wilson CI: r1vla [lo, hi], vla-eval [lo, hi]
+
+Aligned: init states, step caps, wait steps, rendered image size, state convention, gripper rounding
+(r1vla.vlaeval explains how). Steps are env steps after the wait; equal steps at success mean the two harnesses
+very likely ran the same trajectory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from eval_libero.plan import EvalConfig, EvalError
+from eval_libero.suites import NUM_WAIT_STEPS, max_steps, parse_index_list, parse_suites
+
+FIELDS = ["suite", "task_id", "init_state", "r1vla_success", "r1vla_steps"]
+FIELDS += ["vla_eval_success", "vla_eval_steps", "vla_eval_failure", "agree"]
+
+
+def not_aligned(seed: int, timeout_s: float, call_s: float | None) -> list[str]:
+    call = f"{call_s:.2f} s measured at start" if call_s is not None else "not measured"
+    return [
+        f"seeding: vla-eval seeds each task's env once (env.seed({seed})) and reuses it across episodes; "
+        "r1vla eval reseeds every episode with its own derived seed. From an official init state the whole "
+        "MuJoCo state is set, so only what LIBERO re-places at reset (fixtures) can differ",
+        "state arithmetic: vla-eval computes the axis-angle in float64, LeRobot's LIBERO processor "
+        "(r1vla eval) in float32: the state can differ in its last float32 bits",
+        f"server timeout: {timeout_s:.0f} s per policy call (one call {call}); vla-eval counts a timed-out "
+        "episode as a failure (vla_eval_failure = timeout)",
+    ]
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'suite':<15}{'task':>5}{'init':>5}  {'r1vla':>12}  {'vla-eval':>12}  agree"
+    lines = [head]
+    for r in rows:
+
+        def cell(ok, steps, fail=None):
+            return (
+                "missing"
+                if ok is None
+                else f"{'ok' if ok else 'fail'} {steps}" + (f" ({fail})" if fail else "")
+            )
+
+        lines.append(
+            f"{r['suite']:<15}{r['task_id']:>5}{r['init_state']:>5}  "
+            f"{cell(r['r1vla_success'], r['r1vla_steps']):>12}  "
+            f"{cell(r['vla_eval_success'], r['vla_eval_steps'], r['vla_eval_failure']):>12}  "
+            f"{'yes' if r['agree'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    from eval_libero.stats import wilson
+
+    n = len(rows)
+    agree = sum(r["agree"] for r in rows)
+    s1 = sum(bool(r["r1vla_success"]) for r in rows)
+    s2 = sum(bool(r["vla_eval_success"]) for r in rows)
+    ci1, ci2 = wilson(s1, n), wilson(s2, n)
+    return [
+        f"crosscheck: agreement {agree}/{n}, r1vla {s1}/{n}, vla-eval {s2}/{n}",
+        f"success 95% Wilson CI: r1vla [{ci1[0]:.2f}, {ci1[1]:.2f}], vla-eval [{ci2[0]:.2f}, {ci2[1]:.2f}]",
+    ]
+
+
+def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
+    """Run both harnesses (see the module docstring); returns the per-episode rows."""
+    from eval_libero.checkpoint import load_policy_config, resolve_checkpoint
+    from eval_libero.perturbations import instruction
+    from eval_libero.records import load_records
+    from eval_libero.run import evaluate
+    from eval_libero.runner import render_size
+    from r1vla import vlaeval
+    from r1vla.serve import check_vla_eval
+
+    version = check_vla_eval()
+    ckpt = resolve_checkpoint(args.policy)
+    try:
+        size = render_size(load_policy_config(ckpt, args.device))
+        suites = parse_suites(args.suites)
+        episodes = {
+            s.name: {
+                t: parse_index_list(args.init_states, 50, "init state")
+                for t in parse_index_list(args.tasks, s.n_tasks, f"task id of {s.name}")
+            }
+            for s in suites
+        }
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    if args.max_steps is not None and args.max_steps < 1:
+        raise EvalError(f"--max-steps must be >= 1, got {args.max_steps}")
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    caps = {s.name: args.max_steps or max_steps(s, "standard") for s in suites}
+
+    log(f"crosscheck: {ckpt} rendered at {size}x{size}; vla-eval {version}; r1vla eval first")
+    r1 = evaluate(
+        EvalConfig(
+            policy=str(ckpt),
+            out=str(out / "r1vla"),
+            suites=",".join(s.name for s in suites),
+            tasks=args.tasks,
+            init_states=args.init_states,
+            seeds=str(args.seed),
+            max_steps=args.max_steps,
+            device=args.device,
+            gripper="sign",
+        ),
+        log=log,
+    )
+    mine = {(r["suite"], r["task_id"], r["init_state"]): r for r in load_records(r1 / "episodes.jsonl", log)}
+
+    languages = {(s, t): instruction(s, t) for s, tasks in episodes.items() for t in tasks}
+    port = args.port or vlaeval.free_port()
+    log(f"crosscheck: vla-eval's LIBERO against r1vla serve on 127.0.0.1:{port}")
+    with vlaeval.ServeProcess(str(ckpt), args.device, port, out / "serve.log") as server:
+        cfg = vlaeval.make_config(
+            f"ws://127.0.0.1:{port}",
+            args.timeout,
+            out / "vla-eval",
+            episodes,
+            languages,
+            caps,
+            args.seed,
+            NUM_WAIT_STEPS,
+        )
+        theirs = vlaeval.outcomes(vlaeval.run_vla_eval(cfg, size), episodes)
+        call_s = server.call_s()
+
+    rows = []
+    for suite, tasks in episodes.items():
+        for t, inits in tasks.items():
+            for i in inits:
+                a, b = mine.get((suite, t, i)), theirs.get((suite, t, i))
+                rows.append(
+                    {
+                        "suite": suite,
+                        "task_id": t,
+                        "init_state": i,
+                        "r1vla_success": None if a is None else bool(a["success"]),
+                        "r1vla_steps": None if a is None else a["steps"],
+                        "vla_eval_success": None if b is None else b["success"],
+                        "vla_eval_steps": None if b is None else b["steps"],
+                        "vla_eval_failure": None if b is None else b["failure"],
+                        "agree": a is not None and b is not None and bool(a["success"]) == b["success"],
+                    }
+                )
+    with open(out / "crosscheck.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    notes = not_aligned(args.seed, args.timeout, call_s)
+    lines = summary_lines(rows)
+    (out / "crosscheck.json").write_text(
+        json.dumps({"rows": rows, "not_aligned": notes, "summary": lines, "vla_eval": version}, indent=1)
+    )
+    log(table(rows))
+    log("not aligned:\n" + "\n".join(f"  - {n}" for n in notes))
+    for line in lines:
+        log(line)
+    return rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, help="LeRobot pretrained_model folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--suites", default="object", help="comma list of LIBERO suites")
+    p.add_argument("--tasks", default="0", help="task ids, e.g. 0,3")
+    p.add_argument("--init-states", default="0-4", help="official init state ids, e.g. 0-4")
+    p.add_argument("--seed", type=int, default=7, help="r1vla eval's --seeds and vla-eval's env seed")
+    p.add_argument("--max-steps", type=int, default=None, help="override both harnesses' step caps")
+    p.add_argument("--device", default="cpu", help="the policy's device (both harnesses)")
+    p.add_argument("--port", type=int, default=0, help="r1vla serve's port (0: a free one)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="vla-eval's server timeout per policy call, seconds"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        crosscheck(args)
+    except EvalError as e:
+        print(f"r1vla crosscheck: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,187 @@
+"""vla-eval's side of `r1vla crosscheck`: `r1vla serve` in a child process, and vla-eval's LIBERO benchmark run
+in this process (what `vla-eval run --no-docker --config CONFIG` does: its Orchestrator, then its export).
+
+Alignment with `r1vla eval` (eval_libero.sim / eval_libero.plan), set here in vla-eval's own config:
+  init states    episode k of a task uses init state k in vla-eval; other lists of init states go through
+                 `InitStatesLIBERO`, which only maps episode k to the k-th requested init state
+  caps           `max_steps` = the standard protocol's cap of the suite (or --max-steps)
+  wait steps     `num_steps_wait` = eval_libero.suites.NUM_WAIT_STEPS (10)
+  image size     vla-eval's LIBERO renders at its module constant LIBERO_ENV_RESOLUTION (256); set, for this run,
+                 to the size `r1vla eval` renders (the policy's trained size), so no letterboxing happens
+  state          `quat_no_antipodal: true` (declared by the server at hello, and set in the config)
+  gripper        vla-eval rounds it by sign; `r1vla eval --gripper sign` does the same on its side
+Not aligned (printed by crosscheck): vla-eval seeds each task's env once and reuses it across episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from eval_libero.plan import EvalError
+
+BENCHMARK = "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
+MAPPED = "r1vla.vlaeval:InitStatesLIBERO"  # only when the init states are not 0..n-1
+
+
+def _libero_class():
+    from vla_eval.benchmarks.libero.benchmark import LIBEROBenchmark
+
+    return LIBEROBenchmark
+
+
+def __getattr__(name: str):  # `InitStatesLIBERO` built on first use: importing this module needs no vla-eval
+    if name != "InitStatesLIBERO":
+        raise AttributeError(name)
+
+    class InitStatesLIBERO(_libero_class()):
+        """vla-eval's LIBERO with episode k of a task started from init state `init_states[k]`."""
+
+        def __init__(self, init_states: list[int], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.init_states = list(init_states)
+
+        def reset(self, task):
+            return super().reset({**task, "episode_idx": self.init_states[task["episode_idx"]]})
+
+    globals()[name] = InitStatesLIBERO
+    return InitStatesLIBERO
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`r1vla serve` in a child process on 127.0.0.1; stopped (by its own pid) on exit."""
+
+    def __init__(self, policy: str, device: str, port: int, log_path: Path, ready_s: float = 900.0):
+        self.port, self.log_path = port, log_path
+        cmd = [sys.executable, "-m", "r1vla.cli", "serve", "--policy", policy, "--port", str(port)]
+        cmd += ["--device", device, "--host", "127.0.0.1"]
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        deadline = time.monotonic() + ready_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.close()
+                raise EvalError(f"r1vla serve exited ({self.proc.returncode}): {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(1.0)
+        self.close()
+        raise EvalError(f"r1vla serve did not answer within {ready_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 1500) -> str:
+        return self.log_path.read_text(errors="replace")[-n:].strip()
+
+    def call_s(self) -> float | None:
+        """The server's warm-up call time, from its start line."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("r1vla serve: ws://") and "one policy call " in line:
+                return float(line.split("one policy call ")[1].split(" s")[0])
+        return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_config(
+    url: str,
+    timeout_s: float,
+    out: Path,
+    episodes: dict[str, dict[int, list[int]]],
+    languages: dict[tuple[str, int], str],
+    caps: dict[str, int],
+    seed: int,
+    wait_steps: int,
+) -> dict:
+    """vla-eval's run config (what `vla-eval run --config` reads): one benchmark entry per (suite, task)."""
+    entries = []
+    for suite, tasks in episodes.items():
+        for task_id, inits in tasks.items():
+            contiguous = inits == list(range(len(inits)))
+            params: dict[str, Any] = {
+                "suite": suite,
+                "seed": seed,
+                "num_steps_wait": wait_steps,
+                "quat_no_antipodal": True,
+            }
+            if not contiguous:
+                params["init_states"] = inits
+            entries.append(
+                {
+                    "benchmark": BENCHMARK if contiguous else MAPPED,
+                    "subname": f"{suite}_t{task_id}",
+                    "episodes_per_task": len(inits),
+                    "tasks": [languages[(suite, task_id)]],
+                    "max_steps": caps[suite],
+                    "params": params,
+                    "recording": {"record_step": True, "record_video": False},
+                }
+            )
+    return {"server": {"url": url, "timeout": timeout_s}, "output_dir": str(out), "benchmarks": entries}
+
+
+def run_vla_eval(config: dict, image_size: int) -> list[dict]:
+    """vla-eval's Orchestrator on `config` in this process (LIBERO rendered at `image_size`), then its export;
+    returns its per-benchmark results (tasks -> episodes)."""
+    import anyio
+    import vla_eval.benchmarks.libero.benchmark as libero_bench
+    from vla_eval.orchestrator import Orchestrator
+    from vla_eval.results.export import export_eval
+
+    os.environ.setdefault("MUJOCO_GL", "egl")  # as eval_libero.sim
+    Path(config["output_dir"]).mkdir(parents=True, exist_ok=True)
+    (Path(config["output_dir"]) / "config.json").write_text(json.dumps(config, indent=1))
+    saved = libero_bench.LIBERO_ENV_RESOLUTION
+    libero_bench.LIBERO_ENV_RESOLUTION = image_size
+    try:
+        orchestrator = Orchestrator(config)
+        results = anyio.run(orchestrator.run)
+    finally:
+        libero_bench.LIBERO_ENV_RESOLUTION = saved
+    export_eval(Path(config["output_dir"]).resolve(), orchestrator.eval_id)
+    return results
+
+
+def outcomes(results: list[dict], episodes: dict[str, dict[int, list[int]]]) -> dict[tuple, dict]:
+    """(suite, task_id, init_state) -> {success, steps, failure}: vla-eval's per-episode results."""
+    out: dict[tuple, dict] = {}
+    entries = [(s, t, inits) for s, tasks in episodes.items() for t, inits in tasks.items()]
+    for (suite, task_id, inits), result in zip(entries, results, strict=True):
+        for task in result.get("tasks", []):
+            for ep in task.get("episodes", []):
+                k = int(ep["episode_id"])
+                metrics = ep.get("metrics") or {}
+                out[(suite, task_id, inits[k])] = {
+                    "success": bool(metrics.get("success")),
+                    "steps": int(ep.get("steps", 0)),
+                    "failure": ep.get("failure_reason"),
+                }
+    return out
