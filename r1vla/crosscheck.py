@@ -29,6 +29,30 @@ from eval_libero.suites import NUM_WAIT_STEPS, max_steps, parse_index_list, pars
 
 FIELDS = ["suite", "task_id", "init_state", "r1vla_success", "r1vla_steps"]
 FIELDS += ["vla_eval_success", "vla_eval_steps", "vla_eval_failure", "agree"]
+FIELDS += ["replay_first_dev_step", "replay_max_dev", "replay_success_step"]
+FIELDS += ["replay_first_action_dev_step", "replay_max_action_dev", "reason"]
+
+
+def reason(row: dict) -> str:
+    """Why the two harnesses' outcomes differ, from what the episode's records show ('' when they agree)."""
+    if row["agree"]:
+        return ""
+    if row["r1vla_success"] is None or row["vla_eval_success"] is None:
+        return "missing on one side"
+    if row["vla_eval_failure"]:
+        return f"vla-eval ended the episode by {row['vla_eval_failure']} (counted as a failure)"
+    if row["replay_first_dev_step"] is not None:
+        return (
+            f"the simulators differ for the same actions from step {row['replay_first_dev_step']} "
+            "(reset/seeding: vla-eval's env is seeded once per task and reused)"
+        )
+    if row["replay_first_action_dev_step"] is not None:
+        return (
+            f"same simulation for the same actions, but r1vla eval's policy path gives other actions from step "
+            f"{row['replay_first_action_dev_step']} (max {row['replay_max_action_dev']:.2g}): the inputs differ "
+            "(state axis-angle float64 vs float32) and the trajectories part there"
+        )
+    return "same simulation and same actions on vla-eval's whole episode: success detection differs"
 
 
 def not_aligned(seed: int, timeout_s: float, call_s: float | None) -> list[str]:
@@ -44,8 +68,18 @@ def not_aligned(seed: int, timeout_s: float, call_s: float | None) -> list[str]:
     ]
 
 
+def replay_cell(r: dict) -> str:
+    if r["replay_max_dev"] is None:
+        return "-"
+    if r["replay_first_dev_step"] is None:
+        ok, act = r["replay_success_step"], r["replay_first_action_dev_step"]
+        acts = "actions identical" if act is None else f"actions differ from step {act}"
+        return "states identical, " + acts + (f", success at {ok}" if ok else "")
+    return f"differs from step {r['replay_first_dev_step']} (max {r['replay_max_dev']:.2g})"
+
+
 def table(rows: list[dict]) -> str:
-    head = f"{'suite':<15}{'task':>5}{'init':>5}  {'r1vla':>12}  {'vla-eval':>12}  agree"
+    head = f"{'suite':<15}{'task':>5}{'init':>5}  {'r1vla':>12}  {'vla-eval':>12}  agree  replay of vla-eval"
     lines = [head]
     for r in rows:
 
@@ -60,7 +94,8 @@ def table(rows: list[dict]) -> str:
             f"{r['suite']:<15}{r['task_id']:>5}{r['init_state']:>5}  "
             f"{cell(r['r1vla_success'], r['r1vla_steps']):>12}  "
             f"{cell(r['vla_eval_success'], r['vla_eval_steps'], r['vla_eval_failure']):>12}  "
-            f"{'yes' if r['agree'] else 'NO'}"
+            f"{'yes' if r['agree'] else 'NO ':<5}  {replay_cell(r)}"
+            + (f"\n    reason: {r['reason']}" if r["reason"] else "")
         )
     return "\n".join(lines)
 
@@ -69,6 +104,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
     from eval_libero.stats import wilson
 
     n = len(rows)
+    same = sum(r["replay_max_dev"] is not None and r["replay_first_dev_step"] is None for r in rows)
+    acts = sum(
+        r["replay_max_action_dev"] is not None and r["replay_first_action_dev_step"] is None for r in rows
+    )
     agree = sum(r["agree"] for r in rows)
     s1 = sum(bool(r["r1vla_success"]) for r in rows)
     s2 = sum(bool(r["vla_eval_success"]) for r in rows)
@@ -76,12 +115,14 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return [
         f"crosscheck: agreement {agree}/{n}, r1vla {s1}/{n}, vla-eval {s2}/{n}",
         f"success 95% Wilson CI: r1vla [{ci1[0]:.2f}, {ci1[1]:.2f}], vla-eval [{ci2[0]:.2f}, {ci2[1]:.2f}]",
+        f"replay: vla-eval's actions in r1vla eval's simulator give vla-eval's recorded states in {same}/{n} "
+        f"episodes, and r1vla eval's policy path gives vla-eval's actions in {acts}/{n}",
     ]
 
 
 def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
     """Run both harnesses (see the module docstring); returns the per-episode rows."""
-    from eval_libero.checkpoint import load_policy_config, resolve_checkpoint
+    from eval_libero.checkpoint import load_policy_config, load_runner, resolve_checkpoint
     from eval_libero.perturbations import instruction
     from eval_libero.records import load_records
     from eval_libero.run import evaluate
@@ -92,7 +133,8 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
     version = check_vla_eval()
     ckpt = resolve_checkpoint(args.policy)
     try:
-        size = render_size(load_policy_config(ckpt, args.device))
+        policy_cfg = load_policy_config(ckpt, args.device)
+        size = render_size(policy_cfg)
         suites = parse_suites(args.suites)
         episodes = {
             s.name: {
@@ -140,14 +182,20 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
             args.seed,
             NUM_WAIT_STEPS,
         )
-        theirs = vlaeval.outcomes(vlaeval.run_vla_eval(cfg, size), episodes)
+        results, db = vlaeval.run_vla_eval(cfg, size)
+        theirs = vlaeval.outcomes(results, episodes)
         call_s = server.call_s()
+    steps = vlaeval.recorded_steps(db)
+    log("crosscheck: replaying vla-eval's episodes in r1vla eval's simulator and policy path")
+    runner = load_runner(ckpt, policy_cfg, [s.name for s in suites], "auto")
 
     rows = []
     for suite, tasks in episodes.items():
         for t, inits in tasks.items():
             for i in inits:
                 a, b = mine.get((suite, t, i)), theirs.get((suite, t, i))
+                recorded = steps.get((suite, t, inits.index(i)), [])
+                replayed = vlaeval.replay(suite, t, i, args.seed, recorded, runner, size) if recorded else {}
                 rows.append(
                     {
                         "suite": suite,
@@ -159,8 +207,10 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
                         "vla_eval_steps": None if b is None else b["steps"],
                         "vla_eval_failure": None if b is None else b["failure"],
                         "agree": a is not None and b is not None and bool(a["success"]) == b["success"],
+                        **{k: replayed.get(k) for k in FIELDS if k.startswith("replay_")},
                     }
                 )
+                rows[-1]["reason"] = reason(rows[-1])
     with open(out / "crosscheck.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()

@@ -148,12 +148,13 @@ def make_config(
     return {"server": {"url": url, "timeout": timeout_s}, "output_dir": str(out), "benchmarks": entries}
 
 
-def run_vla_eval(config: dict, image_size: int) -> list[dict]:
+def run_vla_eval(config: dict, image_size: int) -> tuple[list[dict], Path]:
     """vla-eval's Orchestrator on `config` in this process (LIBERO rendered at `image_size`), then its export;
-    returns its per-benchmark results (tasks -> episodes)."""
+    returns its per-benchmark results (tasks -> episodes) and its recording database."""
     import anyio
     import vla_eval.benchmarks.libero.benchmark as libero_bench
     from vla_eval.orchestrator import Orchestrator
+    from vla_eval.recording import db_path_for_eval
     from vla_eval.results.export import export_eval
 
     os.environ.setdefault("MUJOCO_GL", "egl")  # as eval_libero.sim
@@ -167,7 +168,7 @@ def run_vla_eval(config: dict, image_size: int) -> list[dict]:
     finally:
         libero_bench.LIBERO_ENV_RESOLUTION = saved
     export_eval(Path(config["output_dir"]).resolve(), orchestrator.eval_id)
-    return results
+    return results, db_path_for_eval(Path(config["output_dir"]).resolve(), orchestrator.eval_id)
 
 
 def outcomes(results: list[dict], episodes: dict[str, dict[int, list[int]]]) -> dict[tuple, dict]:
@@ -185,3 +186,81 @@ def outcomes(results: list[dict], episodes: dict[str, dict[int, list[int]]]) -> 
                     "failure": ep.get("failure_reason"),
                 }
     return out
+
+
+def recorded_steps(db: Path) -> dict[tuple[str, int, int], list[dict]]:
+    """(suite, task_id, vla-eval episode index) -> its step rows (executed action, post-step state), in order,
+    read from vla-eval's recording database."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        out: dict[tuple[str, int, int], list[dict]] = {}
+        for eid, context in con.execute("SELECT eid, context FROM episode_results"):
+            ctx = json.loads(context or "{}")
+            rows = con.execute("SELECT step_id, fields FROM step_rows WHERE eid = ? ORDER BY step_id", (eid,))
+            key = (ctx.get("suite"), int(ctx.get("task_id", -1)), int(ctx.get("episode_idx", -1)))
+            out[key] = [json.loads(f) for _, f in rows]
+        return out
+    finally:
+        con.close()
+
+
+def replay(
+    suite: str,
+    task_id: int,
+    init_state: int,
+    seed: int,
+    steps: list[dict],
+    runner=None,
+    image_size: int | None = None,
+) -> dict:
+    """vla-eval's executed actions replayed in `r1vla eval`'s simulator, reset as `r1vla eval` resets that episode
+    (init state, derived episode seed, wait steps). Compares each post-step state with the one vla-eval recorded:
+    equal states mean both harnesses simulate the same episode for the same actions. With `runner` (the policy
+    loaded as `r1vla eval` loads it, eval_libero.checkpoint.load_runner) the cameras render at `image_size` and,
+    at every policy call of the episode, `r1vla eval`'s observation path gives the policy this state's
+    observation: its actions (gripper rounded by sign, as both harnesses execute them) are compared with the ones
+    vla-eval executed. Both equal over the whole episode: the two harnesses ran the same episode."""
+    import numpy as np
+
+    from eval_libero.runner import Row
+    from eval_libero.scheduler import derive_seed
+    from eval_libero.sim import LiberoSim, state_from_obs
+    from eval_libero.suites import NUM_WAIT_STEPS
+    from eval_libero.worker import raw_obs_for_lerobot
+
+    ep_seed = derive_seed(seed, suite, task_id, init_state)
+    sim = LiberoSim(suite, task_id, render=runner is not None, size=image_size or 256)
+    out: dict = {"replay_first_dev_step": None, "replay_max_dev": 0.0, "replay_success_step": None}
+    if runner is not None:
+        out |= {"replay_first_action_dev_step": None, "replay_max_action_dev": 0.0}
+        key = (suite, "none", task_id, init_state, seed)
+        runner.begin(key, ep_seed)
+    try:
+        raw = sim.reset(init_state, NUM_WAIT_STEPS, seed=ep_seed)
+        n = runner.n_action_steps if runner is not None else 0
+        for k, row in enumerate(steps):
+            if n and k % n == 0:
+                acts = runner.act([Row(key, raw_obs_for_lerobot(sim, raw), sim.info.language, k)])[0]
+                if isinstance(acts, str):
+                    raise EvalError(f"replay of {suite} task {task_id} init {init_state}: {acts}")
+                acts = np.asarray(acts, np.float32).copy()
+                acts[:, -1] = np.where(acts[:, -1] < 0, -1.0, 1.0)
+                done = np.asarray([r["action"] for r in steps[k : k + n]], np.float32)
+                dev = float(np.abs(acts[: len(done)] - done).max())
+                out["replay_max_action_dev"] = max(out["replay_max_action_dev"], dev)
+                if dev > 0 and out["replay_first_action_dev_step"] is None:
+                    out["replay_first_action_dev_step"] = k + 1
+            raw, ok = sim.step(row["action"], render=bool(n) and (k + 1) % n == 0)
+            dev = float(np.abs(state_from_obs(raw) - np.asarray(row["state"], np.float32)).max())
+            out["replay_max_dev"] = max(out["replay_max_dev"], dev)
+            if dev > 0 and out["replay_first_dev_step"] is None:
+                out["replay_first_dev_step"] = k + 1
+            if ok and out["replay_success_step"] is None:
+                out["replay_success_step"] = k + 1
+        return out
+    finally:
+        if runner is not None:
+            runner.end(key)
+        sim.close()

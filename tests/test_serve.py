@@ -188,28 +188,46 @@ def test_recorded_observation_gives_the_same_policy_inputs_and_action(which, r1v
 
 
 def test_crosscheck_two_short_episodes_through_serve_and_vla_eval(r1vla_ckpt, tmp_path, capsys):
-    """`r1vla crosscheck`: 2 episodes of 4 steps (init states 0 and 2: vla-eval's episodes mapped to them) through
-    `r1vla serve` + vla-eval's LIBERO in this process, and through `r1vla eval`; the table and the line."""
+    """`r1vla crosscheck`: 2 episodes of 6 steps (init states 0 and 2: vla-eval's episodes mapped to them) through
+    `r1vla serve` + vla-eval's LIBERO in this process, and through `r1vla eval`; the table and the lines. The
+    replay of vla-eval's episodes in r1vla eval's simulator and policy path matches them step for step; the same
+    replay from another init state, or rendered at another size than vla-eval was, does not."""
+    from eval_libero.checkpoint import load_policy_config, load_runner
+    from r1vla import vlaeval
+
     out = tmp_path / "cc"
     args = ["crosscheck", "--policy", str(r1vla_ckpt), "--out", str(out), "--init-states", "0,2"]
-    assert main([*args, "--max-steps", "4", "--timeout", "300"]) == 0
+    assert main([*args, "--max-steps", "6", "--timeout", "300"]) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "crosscheck.csv")))
     assert [(r["init_state"], r["r1vla_steps"], r["vla_eval_steps"]) for r in rows] == [
-        ("0", "4", "4"),
-        ("2", "4", "4"),
+        ("0", "6", "6"),
+        ("2", "6", "6"),
     ]
-    assert all(r["vla_eval_failure"] == "" for r in rows)  # no timeout, no error: the server answered
+    assert all(r["vla_eval_failure"] == "" and r["reason"] == "" for r in rows)  # the server answered in time
+    assert all(r["replay_first_dev_step"] == r["replay_first_action_dev_step"] == "" for r in rows)
     assert re.search(r"^crosscheck: agreement 2/2, r1vla 0/2, vla-eval 0/2$", printed, re.M)
     assert re.search(
         r"^success 95% Wilson CI: r1vla \[0\.00, 0\.66\], vla-eval \[0\.00, 0\.66\]$", printed, re.M
     )
+    assert (
+        "recorded states in 2/2 episodes, and r1vla eval's policy path gives vla-eval's actions in 2/2"
+        in printed
+    )
     cfg = json.loads((out / "vla-eval" / "config.json").read_text())
     (bench,) = cfg["benchmarks"]
     assert bench["benchmark"] == "r1vla.vlaeval:InitStatesLIBERO" and bench["params"]["init_states"] == [0, 2]
-    assert bench["params"]["quat_no_antipodal"] is True and bench["max_steps"] == 4
+    assert bench["params"]["quat_no_antipodal"] is True and bench["max_steps"] == 6
     r1 = [json.loads(x) for x in (out / "r1vla" / "episodes.jsonl").read_text().splitlines()]
-    assert {r["protocol"]["gripper"] for r in r1} == {"sign"} and {
-        r["protocol"]["image_size"] for r in r1
-    } == {64}
+    assert {(r["protocol"]["gripper"], r["protocol"]["image_size"]) for r in r1} == {("sign", 64)}
     assert "one policy call" in (out / "serve.log").read_text()
+
+    (db,) = (out / "vla-eval").glob("recording-*.sqlite")
+    steps = vlaeval.recorded_steps(db)[("libero_object", 0, 1)]  # vla-eval's episode 1 = init state 2
+    assert len(steps) == 6
+    runner = load_runner(r1vla_ckpt, load_policy_config(r1vla_ckpt, "cpu"), ["libero_object"], "auto")
+    same = vlaeval.replay("libero_object", 0, 2, 7, steps, runner, 64)
+    assert same["replay_first_dev_step"] is None and same["replay_first_action_dev_step"] is None
+    assert vlaeval.replay("libero_object", 0, 1, 7, steps)["replay_first_dev_step"] == 1
+    other = vlaeval.replay("libero_object", 0, 2, 7, steps, runner, 128)  # the policy then sees other pixels
+    assert other["replay_first_dev_step"] is None and other["replay_first_action_dev_step"] == 1
