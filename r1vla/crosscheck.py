@@ -2,7 +2,7 @@
 this process, the policy served by `r1vla serve`) and `r1vla eval`. Per-episode agreement of the outcomes.
 
     r1vla crosscheck --policy CKPT --out DIR [--suites object] [--tasks 0] [--init-states 0-4] [--seed 7]
-                     [--max-steps N] [--device cpu] [--timeout S]
+                     [--max-steps N] [--device cpu] [--timeout S] [--native-seeding]
 
 Writes DIR/r1vla (an `r1vla eval` run, `--gripper sign`), DIR/vla-eval (vla-eval's config.json, recording
 database and exported results), DIR/serve.log, DIR/crosscheck.csv (one row per episode) and DIR/crosscheck.json;
@@ -11,9 +11,10 @@ prints the table, what could not be aligned, then
     crosscheck: agreement A/N, r1vla S1/N, vla-eval S2/N
     success 95% Wilson CI: r1vla [lo, hi], vla-eval [lo, hi]
 
-Aligned: init states, step caps, wait steps, rendered image size, state convention, gripper rounding
-(r1vla.vlaeval explains how). Steps are env steps after the wait; equal steps at success mean the two harnesses
-very likely ran the same trajectory.
+Aligned: init states, step caps, wait steps, rendered image size, state convention, gripper rounding and seeding
+(r1vla.vlaeval explains how; `--native-seeding` keeps vla-eval's own). Steps are env steps after the wait. Each
+vla-eval episode is then replayed in `r1vla eval`'s simulator and policy path (r1vla.vlaeval.replay): the first
+step where the states or the actions part, and from that the reason for each disagreement.
 """
 
 from __future__ import annotations
@@ -33,7 +34,25 @@ FIELDS += ["replay_first_dev_step", "replay_max_dev", "replay_success_step"]
 FIELDS += ["replay_first_action_dev_step", "replay_max_action_dev", "reason"]
 
 
-def reason(row: dict) -> str:
+def not_aligned(native_seeding: bool, seed: int, timeout_s: float, call_s: float | None) -> list[str]:
+    call = f"{call_s:.2f} s measured at start" if call_s is not None else "not measured"
+    notes = [
+        "state arithmetic: vla-eval computes the axis-angle in float64, LeRobot's LIBERO processor "
+        "(r1vla eval) in float32: the state can differ in its last float32 bit",
+        f"server timeout: {timeout_s:.0f} s per policy call (one call {call}); vla-eval counts a timed-out "
+        "episode as a failure (vla_eval_failure = timeout)",
+    ]
+    if native_seeding:
+        notes.insert(
+            0,
+            f"seeding (--native-seeding): vla-eval seeds each task's env once (env.seed({seed})) and reuses it "
+            "across episodes; r1vla eval reseeds every episode. LIBERO places fixtures (cabinets, plates, "
+            "stoves: not part of an init state) from that seed at reset, so the scenes can differ",
+        )
+    return notes
+
+
+def reason(row: dict, native_seeding: bool) -> str:
     """Why the two harnesses' outcomes differ, from what the episode's records show ('' when they agree)."""
     if row["agree"]:
         return ""
@@ -42,30 +61,16 @@ def reason(row: dict) -> str:
     if row["vla_eval_failure"]:
         return f"vla-eval ended the episode by {row['vla_eval_failure']} (counted as a failure)"
     if row["replay_first_dev_step"] is not None:
-        return (
-            f"the simulators differ for the same actions from step {row['replay_first_dev_step']} "
-            "(reset/seeding: vla-eval's env is seeded once per task and reused)"
-        )
+        return f"the simulators differ for the same actions from step {row['replay_first_dev_step']}"
     if row["replay_first_action_dev_step"] is not None:
-        return (
-            f"same simulation for the same actions, but r1vla eval's policy path gives other actions from step "
-            f"{row['replay_first_action_dev_step']} (max {row['replay_max_action_dev']:.2g}): the inputs differ "
-            "(state axis-angle float64 vs float32) and the trajectories part there"
+        k, d = row["replay_first_action_dev_step"], row["replay_max_action_dev"]
+        why = (
+            "the scene differs (vla-eval's per-task seeding placed LIBERO's fixtures elsewhere)"
+            if native_seeding and k == 1
+            else "the policy's inputs differ there (state axis-angle float64 vs float32)"
         )
+        return f"same simulation for the same actions, but other actions from step {k} (max {d:.2g}): {why}"
     return "same simulation and same actions on vla-eval's whole episode: success detection differs"
-
-
-def not_aligned(seed: int, timeout_s: float, call_s: float | None) -> list[str]:
-    call = f"{call_s:.2f} s measured at start" if call_s is not None else "not measured"
-    return [
-        f"seeding: vla-eval seeds each task's env once (env.seed({seed})) and reuses it across episodes; "
-        "r1vla eval reseeds every episode with its own derived seed. From an official init state the whole "
-        "MuJoCo state is set, so only what LIBERO re-places at reset (fixtures) can differ",
-        "state arithmetic: vla-eval computes the axis-angle in float64, LeRobot's LIBERO processor "
-        "(r1vla eval) in float32: the state can differ in its last float32 bits",
-        f"server timeout: {timeout_s:.0f} s per policy call (one call {call}); vla-eval counts a timed-out "
-        "episode as a failure (vla_eval_failure = timeout)",
-    ]
 
 
 def replay_cell(r: dict) -> str:
@@ -169,6 +174,7 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
     mine = {(r["suite"], r["task_id"], r["init_state"]): r for r in load_records(r1 / "episodes.jsonl", log)}
 
     languages = {(s, t): instruction(s, t) for s, tasks in episodes.items() for t in tasks}
+    entries = vlaeval.plan_entries(episodes, args.seed, not args.native_seeding)
     port = args.port or vlaeval.free_port()
     log(f"crosscheck: vla-eval's LIBERO against r1vla serve on 127.0.0.1:{port}")
     with vlaeval.ServeProcess(str(ckpt), args.device, port, out / "serve.log") as server:
@@ -176,16 +182,16 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
             f"ws://127.0.0.1:{port}",
             args.timeout,
             out / "vla-eval",
-            episodes,
+            entries,
             languages,
             caps,
             args.seed,
             NUM_WAIT_STEPS,
         )
         results, db = vlaeval.run_vla_eval(cfg, size)
-        theirs = vlaeval.outcomes(results, episodes)
+        theirs = vlaeval.outcomes(results, entries)
         call_s = server.call_s()
-    steps = vlaeval.recorded_steps(db)
+    steps = vlaeval.recorded_steps(db, entries)
     log("crosscheck: replaying vla-eval's episodes in r1vla eval's simulator and policy path")
     runner = load_runner(ckpt, policy_cfg, [s.name for s in suites], "auto")
 
@@ -194,7 +200,7 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
         for t, inits in tasks.items():
             for i in inits:
                 a, b = mine.get((suite, t, i)), theirs.get((suite, t, i))
-                recorded = steps.get((suite, t, inits.index(i)), [])
+                recorded = steps.get((suite, t, i), [])
                 replayed = vlaeval.replay(suite, t, i, args.seed, recorded, runner, size) if recorded else {}
                 rows.append(
                     {
@@ -210,12 +216,12 @@ def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
                         **{k: replayed.get(k) for k in FIELDS if k.startswith("replay_")},
                     }
                 )
-                rows[-1]["reason"] = reason(rows[-1])
+                rows[-1]["reason"] = reason(rows[-1], args.native_seeding)
     with open(out / "crosscheck.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
-    notes = not_aligned(args.seed, args.timeout, call_s)
+    notes = not_aligned(args.native_seeding, args.seed, args.timeout, call_s)
     lines = summary_lines(rows)
     (out / "crosscheck.json").write_text(
         json.dumps({"rows": rows, "not_aligned": notes, "summary": lines, "vla_eval": version}, indent=1)
@@ -235,6 +241,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-states", default="0-4", help="official init state ids, e.g. 0-4")
     p.add_argument("--seed", type=int, default=7, help="r1vla eval's --seeds and vla-eval's env seed")
     p.add_argument("--max-steps", type=int, default=None, help="override both harnesses' step caps")
+    p.add_argument(
+        "--native-seeding",
+        action="store_true",
+        help="vla-eval seeds each task's env once and reuses it (its default) instead of each episode's env "
+        "with r1vla eval's episode seed",
+    )
     p.add_argument("--device", default="cpu", help="the policy's device (both harnesses)")
     p.add_argument("--port", type=int, default=0, help="r1vla serve's port (0: a free one)")
     p.add_argument(

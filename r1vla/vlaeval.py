@@ -10,7 +10,10 @@ Alignment with `r1vla eval` (eval_libero.sim / eval_libero.plan), set here in vl
                  to the size `r1vla eval` renders (the policy's trained size), so no letterboxing happens
   state          `quat_no_antipodal: true` (declared by the server at hello, and set in the config)
   gripper        vla-eval rounds it by sign; `r1vla eval --gripper sign` does the same on its side
-Not aligned (printed by crosscheck): vla-eval seeds each task's env once and reuses it across episodes.
+  seeding        vla-eval seeds a task's env once (`env_seed`) and reuses it across episodes; LIBERO places the
+                 fixtures (cabinets, plates, stoves: not part of an init state) from the RNG at every reset, so
+                 the scenes differ from `r1vla eval`'s (which seeds every episode). Aligned: one entry per
+                 episode, its fresh env seeded with `r1vla eval`'s episode seed (`plan_entries`)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,41 +115,74 @@ class ServeProcess:
         self.close()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One vla-eval benchmark entry: `inits[k]` is the init state of its episode k."""
+
+    suite: str
+    task_id: int
+    inits: tuple[int, ...]
+    env_seed: int | None  # None: vla-eval's own seeding (the env seeded once with `seed`, reused)
+
+    @property
+    def subname(self) -> str:
+        tail = "" if self.env_seed is None else f"_i{self.inits[0]}"
+        return f"{self.suite}_t{self.task_id}{tail}"
+
+
+def plan_entries(episodes: dict[str, dict[int, list[int]]], seed: int, aligned_seeding: bool) -> list[Entry]:
+    """Aligned seeding: one entry per episode whose env is seeded with `r1vla eval`'s episode seed (a fresh env,
+    seeded, then reset: what `r1vla eval` does). Else one entry per task, seeded as vla-eval seeds it."""
+    from eval_libero.scheduler import derive_seed
+
+    if not aligned_seeding:
+        return [
+            Entry(s, t, tuple(inits), None) for s, tasks in episodes.items() for t, inits in tasks.items()
+        ]
+    return [
+        Entry(s, t, (i,), derive_seed(seed, s, t, i))
+        for s, tasks in episodes.items()
+        for t, inits in tasks.items()
+        for i in inits
+    ]
+
+
 def make_config(
     url: str,
     timeout_s: float,
     out: Path,
-    episodes: dict[str, dict[int, list[int]]],
+    entries: list[Entry],
     languages: dict[tuple[str, int], str],
     caps: dict[str, int],
     seed: int,
     wait_steps: int,
 ) -> dict:
-    """vla-eval's run config (what `vla-eval run --config` reads): one benchmark entry per (suite, task)."""
-    entries = []
-    for suite, tasks in episodes.items():
-        for task_id, inits in tasks.items():
-            contiguous = inits == list(range(len(inits)))
-            params: dict[str, Any] = {
-                "suite": suite,
-                "seed": seed,
-                "num_steps_wait": wait_steps,
-                "quat_no_antipodal": True,
+    """vla-eval's run config (what `vla-eval run --config` reads)."""
+    benchmarks = []
+    for e in entries:
+        contiguous = list(e.inits) == list(range(len(e.inits)))
+        params: dict[str, Any] = {
+            "suite": e.suite,
+            "seed": seed,
+            "num_steps_wait": wait_steps,
+            "quat_no_antipodal": True,
+        }
+        if e.env_seed is not None:
+            params["env_seed"] = e.env_seed
+        if not contiguous:
+            params["init_states"] = list(e.inits)
+        benchmarks.append(
+            {
+                "benchmark": BENCHMARK if contiguous else MAPPED,
+                "subname": e.subname,
+                "episodes_per_task": len(e.inits),
+                "tasks": [languages[(e.suite, e.task_id)]],
+                "max_steps": caps[e.suite],
+                "params": params,
+                "recording": {"record_step": True, "record_video": False},
             }
-            if not contiguous:
-                params["init_states"] = inits
-            entries.append(
-                {
-                    "benchmark": BENCHMARK if contiguous else MAPPED,
-                    "subname": f"{suite}_t{task_id}",
-                    "episodes_per_task": len(inits),
-                    "tasks": [languages[(suite, task_id)]],
-                    "max_steps": caps[suite],
-                    "params": params,
-                    "recording": {"record_step": True, "record_video": False},
-                }
-            )
-    return {"server": {"url": url, "timeout": timeout_s}, "output_dir": str(out), "benchmarks": entries}
+        )
+    return {"server": {"url": url, "timeout": timeout_s}, "output_dir": str(out), "benchmarks": benchmarks}
 
 
 def run_vla_eval(config: dict, image_size: int) -> tuple[list[dict], Path]:
@@ -171,16 +208,14 @@ def run_vla_eval(config: dict, image_size: int) -> tuple[list[dict], Path]:
     return results, db_path_for_eval(Path(config["output_dir"]).resolve(), orchestrator.eval_id)
 
 
-def outcomes(results: list[dict], episodes: dict[str, dict[int, list[int]]]) -> dict[tuple, dict]:
+def outcomes(results: list[dict], entries: list[Entry]) -> dict[tuple, dict]:
     """(suite, task_id, init_state) -> {success, steps, failure}: vla-eval's per-episode results."""
     out: dict[tuple, dict] = {}
-    entries = [(s, t, inits) for s, tasks in episodes.items() for t, inits in tasks.items()]
-    for (suite, task_id, inits), result in zip(entries, results, strict=True):
+    for e, result in zip(entries, results, strict=True):
         for task in result.get("tasks", []):
             for ep in task.get("episodes", []):
-                k = int(ep["episode_id"])
                 metrics = ep.get("metrics") or {}
-                out[(suite, task_id, inits[k])] = {
+                out[(e.suite, e.task_id, e.inits[int(ep["episode_id"])])] = {
                     "success": bool(metrics.get("success")),
                     "steps": int(ep.get("steps", 0)),
                     "failure": ep.get("failure_reason"),
@@ -188,19 +223,20 @@ def outcomes(results: list[dict], episodes: dict[str, dict[int, list[int]]]) -> 
     return out
 
 
-def recorded_steps(db: Path) -> dict[tuple[str, int, int], list[dict]]:
-    """(suite, task_id, vla-eval episode index) -> its step rows (executed action, post-step state), in order,
-    read from vla-eval's recording database."""
+def recorded_steps(db: Path, entries: list[Entry]) -> dict[tuple[str, int, int], list[dict]]:
+    """(suite, task_id, init_state) -> the episode's step rows (executed action, post-step state), in order, read
+    from vla-eval's recording database (an entry's evaluation id ends with its subname)."""
     import sqlite3
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         out: dict[tuple[str, int, int], list[dict]] = {}
-        for eid, context in con.execute("SELECT eid, context FROM episode_results"):
-            ctx = json.loads(context or "{}")
+        for eid, eval_id, episode in con.execute("SELECT eid, eval_id, episode_id FROM episode_results"):
+            e = next((e for e in entries if str(eval_id).endswith("_" + e.subname)), None)
+            if e is None or episode is None:
+                continue
             rows = con.execute("SELECT step_id, fields FROM step_rows WHERE eid = ? ORDER BY step_id", (eid,))
-            key = (ctx.get("suite"), int(ctx.get("task_id", -1)), int(ctx.get("episode_idx", -1)))
-            out[key] = [json.loads(f) for _, f in rows]
+            out[(e.suite, e.task_id, e.inits[int(episode)])] = [json.loads(f) for _, f in rows]
         return out
     finally:
         con.close()

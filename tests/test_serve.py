@@ -188,11 +188,12 @@ def test_recorded_observation_gives_the_same_policy_inputs_and_action(which, r1v
 
 
 def test_crosscheck_two_short_episodes_through_serve_and_vla_eval(r1vla_ckpt, tmp_path, capsys):
-    """`r1vla crosscheck`: 2 episodes of 6 steps (init states 0 and 2: vla-eval's episodes mapped to them) through
+    """`r1vla crosscheck`: 2 episodes of 6 steps (init states 0 and 2, the latter through the mapping) through
     `r1vla serve` + vla-eval's LIBERO in this process, and through `r1vla eval`; the table and the lines. The
     replay of vla-eval's episodes in r1vla eval's simulator and policy path matches them step for step; the same
     replay from another init state, or rendered at another size than vla-eval was, does not."""
     from eval_libero.checkpoint import load_policy_config, load_runner
+    from eval_libero.scheduler import derive_seed
     from r1vla import vlaeval
 
     out = tmp_path / "cc"
@@ -215,15 +216,20 @@ def test_crosscheck_two_short_episodes_through_serve_and_vla_eval(r1vla_ckpt, tm
         in printed
     )
     cfg = json.loads((out / "vla-eval" / "config.json").read_text())
-    (bench,) = cfg["benchmarks"]
-    assert bench["benchmark"] == "r1vla.vlaeval:InitStatesLIBERO" and bench["params"]["init_states"] == [0, 2]
-    assert bench["params"]["quat_no_antipodal"] is True and bench["max_steps"] == 6
+    first, second = cfg["benchmarks"]  # aligned seeding: one entry per episode, r1vla eval's episode seed
+    assert first["benchmark"] == "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark"
+    assert second["benchmark"] == "r1vla.vlaeval:InitStatesLIBERO" and second["params"]["init_states"] == [2]
+    assert [b["params"]["env_seed"] for b in (first, second)] == [
+        derive_seed(7, "libero_object", 0, i) for i in (0, 2)
+    ]
+    assert second["params"]["quat_no_antipodal"] is True and second["max_steps"] == 6
     r1 = [json.loads(x) for x in (out / "r1vla" / "episodes.jsonl").read_text().splitlines()]
     assert {(r["protocol"]["gripper"], r["protocol"]["image_size"]) for r in r1} == {("sign", 64)}
     assert "one policy call" in (out / "serve.log").read_text()
 
     (db,) = (out / "vla-eval").glob("recording-*.sqlite")
-    steps = vlaeval.recorded_steps(db)[("libero_object", 0, 1)]  # vla-eval's episode 1 = init state 2
+    entries = vlaeval.plan_entries({"libero_object": {0: [0, 2]}}, 7, True)
+    steps = vlaeval.recorded_steps(db, entries)[("libero_object", 0, 2)]
     assert len(steps) == 6
     runner = load_runner(r1vla_ckpt, load_policy_config(r1vla_ckpt, "cpu"), ["libero_object"], "auto")
     same = vlaeval.replay("libero_object", 0, 2, 7, steps, runner, 64)
