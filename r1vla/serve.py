@@ -156,6 +156,11 @@ def serve_forever(server, host: str, port: int, log=print) -> None:
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             bound = await tg.start(serve_async, server, host, port)
+            hw = {server._declared_image_hw(k) for k in server.cameras.values()} - {None, (256, 256)}
+            if hw:  # vla-eval's LIBERO renders 256x256
+                log(
+                    f"r1vla serve: the policy was trained on {sorted(hw)} frames; 256x256 renders are letterboxed"
+                )
             log(
                 f"r1vla serve: ws://{host}:{bound} ({type(server).__name__}, {server.policy_type}, cameras "
                 f"{server.cameras}, one policy call {server.call_s:.2f} s; client server.timeout >= "

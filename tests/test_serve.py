@@ -126,7 +126,7 @@ def test_eval_gripper_sign_rounds_like_vla_eval_and_is_checked(tmp_path):
 # ---- the same observation, the same inputs ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["r1vla", pytest.param("act", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("which", ["r1vla", "act"])
 def test_recorded_observation_gives_the_same_policy_inputs_and_action(which, r1vla_ckpt, act_ckpt):
     """One LIBERO observation (init state 0, 5 steps in) through `r1vla eval`'s path (LeRobot's LIBERO pipeline,
     eval_libero.runner) and through vla-eval's LIBERO observation + `r1vla serve`'s bridge: the tensors the
