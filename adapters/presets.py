@@ -96,6 +96,6 @@ register_preset(
         path_required=False,
         prompt_style="plain",
         description="Random tiny Qwen2.5-VL (hidden 64, 2 layers, vision depth 2) built offline for tests; "
-        "path: a folder to build it in (default: $R1VLA_CACHE/tiny-qwen2_5_vl-v1).",
+        "path: a folder to build it in (default: $R1VLA_CACHE/tiny-qwen2_5_vl-v2).",
     )
 )

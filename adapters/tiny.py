@@ -36,7 +36,9 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-TINY_VERSION = "v1"  # bump when the recipe changes, so cached folders of an old recipe are not reused
+# Bump when the recipe changes, so cached folders of an old recipe are not reused. v2: built by transformers 5
+# (the same seed gives other random weights than transformers 4.57's v1, which a LeRobot 0.4.4 install built)
+TINY_VERSION = "v2"
 
 # Qwen2 pre-tokenisation regex (single digits, unlike GPT-4's \p{N}{1,3}).
 QWEN2_PRETOKENIZE_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"

@@ -1,3 +1,3 @@
 """r1vla: the command-line layer (doctor, demos, train, eval, compare, study). Imports nothing heavy."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -127,7 +127,7 @@ def test_tiny_default_location_and_atomic_build(tmp_path, monkeypatch):
             ensure_tiny_checkpoint()
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written is left behind
     bb = build_backbone(BackboneConfig(key="tiny"))  # path None: built on first use in the cache
-    folder = tmp_path / "cache" / "tiny-qwen2_5_vl-v1"
+    folder = tmp_path / "cache" / f"tiny-qwen2_5_vl-{tiny_module.TINY_VERSION}"
     assert (folder / "model.safetensors").is_file() and bb.hidden_size == 64
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert ensure_tiny_checkpoint() == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp

@@ -242,6 +242,19 @@ def written_by() -> dict[str, str | None]:
     return out
 
 
+def checkpoint_writer(folder: Path) -> str:
+    """Which stack wrote the checkpoint in `folder`, from its r1vla_run.json ('versions' since r1vla 0.2.0)."""
+    run = folder / RUN_FILE
+    saved = json.loads(run.read_text()) if run.exists() else {}
+    if "versions" not in saved:
+        return "written by lerobot_policy_r1vla 0.1.0 on LeRobot 0.4.4 / transformers 4.57 (no versions recorded)"
+    v = saved["versions"]
+    return (
+        f"written by lerobot_policy_r1vla {v.get('lerobot_policy_r1vla')} on LeRobot {v.get('lerobot')} / "
+        f"transformers {v.get('transformers')}"
+    )
+
+
 def tensors_sha256(state: dict[str, Tensor]) -> str:
     """Short sha256 of a state dict's names and raw bytes (float32), in name order."""
     h = hashlib.sha256()
@@ -271,7 +284,8 @@ def check_backbone(model: R1VLAPolicy, folder: Path) -> None:
         return
     where = cfg.backbone_path or f"the {cfg.backbone!r} preset"
     message = (
-        f"the checkpoint {folder} was trained on another backbone than {where} ({cfg.backbone}):\n  "
+        f"the checkpoint {folder} ({checkpoint_writer(folder)}) was trained on another backbone than {where} "
+        f"({cfg.backbone}):\n  "
         + "\n  ".join(diffs)
         + "\nPoint it at the backbone it was trained on (r1vla eval --backbone-path PATH, or "
         "--policy.backbone_path=PATH), or pass --allow-backbone-mismatch / --policy.allow_backbone_mismatch=true"
