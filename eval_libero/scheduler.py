@@ -41,6 +41,7 @@ class EpisodeSpec:
     reset_seed: int | None = (
         None  # seeds LIBERO's reset (fixtures) instead of episode_seed: a demo's own seed
     )
+    gripper: str = "raw"  # "sign": the gripper command is executed as -1 if < 0 else +1 (eval_libero.plan)
 
 
 def derive_seed(seed: int, suite: str, task_id: int, init_state: int) -> int:

@@ -79,6 +79,9 @@ class _Episode:
 
 def _run_chunk(sim: Any, ep: _Episode, actions: np.ndarray, every: bool) -> tuple[str, Any]:
     """Step through `actions`; ('done', result) at success or the step cap, else ('obs', raw) after the chunk."""
+    if ep.spec.gripper == "sign":  # vla-eval's LIBERO rule: -1 if g < 0 else +1
+        actions = actions.copy()
+        actions[:, -1] = np.where(actions[:, -1] < 0, -1.0, 1.0)
     for i, a in enumerate(actions):
         last = i == len(actions) - 1
         need = last and ep.steps + 1 < ep.spec.max_steps  # the observation the policy reads next

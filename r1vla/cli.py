@@ -37,6 +37,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "reasoning.probe",
         "reasoning probe: MCQA accuracy and format rate of a backbone or VLA policy",
     ),
+    "serve": (
+        "r1vla.serve",
+        "serve a LeRobot policy folder to vla-eval (allenai's harness) over WebSocket, via vla-eval's bridge",
+    ),
+    "crosscheck": (
+        "r1vla.crosscheck",
+        "the same episodes through vla-eval's LIBERO (via r1vla serve) and r1vla eval: per-episode agreement",
+    ),
     "compare": ("eval_libero.compare", "transfer report: success with CIs, paired tests against a baseline"),
     "study": ("r1vla.study", "the whole study: demos -> fine-tune each backbone -> evaluate -> report"),
 }
