@@ -404,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.plan and (args.target_delta is not None or args.pilot):
         print("r1vla study: --target-delta and --pilot apply to --plan", file=sys.stderr)
         return 2
+    if args.plan and args.gpus is None and args.gpu_memory is None and gpu_stages.detected_budget() is None:
+        print("GPU plan: no GPU seen here; give --gpus N --gpu-memory GiB to plan the GPU stages\n")
+        return study_power.print_power_plan(args, cfg)  # the statistical power needs no GPU
     try:
         budget, rc = gpu_stages.plan_command(args, cfg)  # --plan: printed, rc; else the GPUs to plan for
     except ValueError as e:
