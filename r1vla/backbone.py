@@ -29,9 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from r1vla.gpu_plan import plan_backbone
     from r1vla.gpu_stages import budget_from_args, render
 
-    budget = budget_from_args(args)
     hp = {k: v for k, v in hp.items() if v is not None or k in ("gradient_checkpointing", "use_vllm")}
-    plan = plan_backbone(f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget)
+    try:  # a batch that does not split, a bad budget: the message, no traceback
+        budget = budget_from_args(args)
+        plan = plan_backbone(f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget)
+    except ValueError as e:
+        print(f"r1vla backbone: {e}", file=sys.stderr)
+        return 2
     text, rc = render([plan], budget)
     print(text)
     return rc

@@ -61,7 +61,8 @@ def test_study_passes_the_per_process_batch_and_records_the_global_one(tmp_path)
     launcher, per_process = gpu_stages.vla_batch(cfg, study.budget)
     assert launcher[:2] == ["accelerate", "launch"] and launch.processes(launcher) == 4 and per_process == 2
     data = {"repo_id": "r", "root": None, "train_episodes": [0]}
-    assert "--batch_size=2" in study.train_args(cfg.backbones[0], 42, None, data)
+    prompt = {"style": "robot_r1", "coordinates": "world_m3"}
+    assert "--batch_size=2" in study.train_args(cfg.backbones[0], 42, None, data, prompt)
 
 
 def test_footprint_estimate_within_20_percent_of_a_measured_cpu_step():
