@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     hp = {k: v for k, v in hp.items() if v is not None or k in ("gradient_checkpointing", "use_vllm")}
     try:  # a batch that does not split, a bad budget: the message, no traceback
         budget = budget_from_args(args)
-        plan = plan_backbone(f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget)
+        plan = plan_backbone(
+            f"backbone {args.method}", args.method, args.base, {**hp, "steps": steps}, budget
+        )
     except ValueError as e:
         print(f"r1vla backbone: {e}", file=sys.stderr)
         return 2
