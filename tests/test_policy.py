@@ -273,7 +273,7 @@ def test_amp_bf16_autocasts_backbone_and_head_while_trainable_weights_stay_fp32(
         make_config(amp="fp16")
     with pytest.raises(ValueError, match="'float16' is refused: Qwen2.5-VL's activations overflow"):
         make_config(backbone_dtype="float16")
-    with pytest.raises(ValueError, match="full' trains the backbone: its weights stay float32"):
+    with pytest.raises(ValueError, match="full' changes the backbone's weights: they stay float32"):
         make_config(backbone_mode="full", backbone_dtype="bfloat16")
 
 
