@@ -8,9 +8,10 @@ AdamW moments 8 B/param + max(gradients 4 B/param, activations and gradients liv
 latter traced on the real architecture with fake tensors (adapters/footprint.py).
 Measured: a real training step of the same architecture and shape (Qwen2_5_VLForConditionalGeneration with its
 own vision path and loss, random weights, two steps of forward + backward + AdamW), in a fresh process: the peak
-resident memory (ru_maxrss) minus the resident memory before the model was built, after a warm-up step on a tiny
-model (so code pages and thread pools are already resident) and with glibc's mmap threshold fixed at 64 KiB (so
-freed tensors leave the resident set).
+resident memory (the kernel's VmHWM, reset through /proc/self/clear_refs once the warm-up is done: a child's
+ru_maxrss starts at its parent's peak, so a large pytest process would otherwise be counted) minus the resident
+memory before the model was built, after a warm-up step on a tiny model (so code pages and thread pools are
+already resident) and with glibc's mmap threshold fixed at 64 KiB (so freed tensors leave the resident set).
 """
 
 from __future__ import annotations
@@ -43,10 +44,17 @@ def _inputs(cfg, batch: int, text: int, images: int, side: int):
     return dict(input_ids=ids, pixel_values=pixels, image_grid_thw=thw, labels=ids)
 
 
+def _vm_hwm() -> int:
+    """This process's peak resident set in bytes since the last reset (Linux /proc/self/status, kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: the measured side of this check needs Linux")
+
+
 def _child(arch: str) -> dict:
     """In a fresh process: the resident-memory peak of two real fp32 training steps above the pre-model level."""
     import gc
-    import resource
 
     import psutil
     import torch
@@ -68,12 +76,13 @@ def _child(arch: str) -> dict:
     inputs = _inputs(cfg, *SHAPES[arch])
     del warm
     gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # peak resident set := current resident set
     rss0 = psutil.Process().memory_info().rss
     model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for _ in range(2):
         step(model, opt, inputs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _vm_hwm()
     return {"measured": peak - rss0, "rss0": rss0}
 
 
