@@ -9,7 +9,7 @@ backbone preset (a preset only supplies a default); a study uses one style for e
   the system line, the task, the coordinate axes and the current end-effector position, written in the
   backbone's coordinate format (`CoordFormat`: the one its MCQA questions used, from r1vla_provenance.json).
 
-Axis words (AXIS_WORDS) describe the frames this package shows (eval_libero/sim.py: agentview rotated 180 deg,
+Axis words (AXIS_WORDS) describe the frames this package shows (libero_core/sim.py: agentview rotated 180 deg,
 upright and mirrored), measured by rendering (tests/test_axis_words.py): the camera faces the robot, so world
 +X moves the gripper toward the camera (lower in the image), +Y to the image's left, +Z up. The MCQA
 (reasoning/questions.py) and this prompt use the same words.

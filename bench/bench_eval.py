@@ -120,7 +120,7 @@ def harness(ckpt: Path, workers: int, episodes: int, steps: int) -> dict:
     """(b): this package's evaluation engine with `workers` LIBERO processes."""
     from eval_libero.checkpoint import load_policy_config, load_runner
     from eval_libero.scheduler import EpisodeSpec, run_episodes
-    from eval_libero.suites import NUM_WAIT_STEPS
+    from libero_core.suites import NUM_WAIT_STEPS
 
     runner = load_runner(ckpt, load_policy_config(ckpt, "cpu"), [SUITE], "auto")
     specs = [EpisodeSpec(i, SUITE, TASK, i % 50, 7, 1000 + i, steps) for i in range(episodes)]
@@ -136,7 +136,7 @@ def harness(ckpt: Path, workers: int, episodes: int, steps: int) -> dict:
 
 def raw(episodes: int, steps: int, render: bool) -> dict:
     """(c): one LiberoSim stepping a constant action, rendering both cameras every step or none."""
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     sim = LiberoSim(SUITE, TASK, render=render)
     dt = 0.0

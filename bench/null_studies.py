@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval_libero.compare import compare_runs  # noqa: E402
-from eval_libero.records import write_jsonl_atomic  # noqa: E402
+from analysis.compare import compare_runs  # noqa: E402
+from libero_core.records import write_jsonl_atomic  # noqa: E402
 
 SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
 TASKS, INITS, SEED_SD, TARGET = 10, 10, 0.3, 0.10
@@ -138,7 +138,7 @@ def score(results: list[dict], effect_suite: str | None) -> dict:
 
 
 def wilson_pct(k: int, n: int) -> str:
-    from eval_libero.stats import wilson
+    from libero_core.records import wilson
 
     lo, hi = wilson(k, n)
     return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
@@ -156,7 +156,7 @@ def main() -> int:
     ap.add_argument("--plots", action="store_true", help="also draw each report's figures (slow, not scored)")
     args = ap.parse_args()
     if not args.plots:  # the figures change nothing scored here and cost half of each compare call
-        import eval_libero.compare_report as cr
+        import analysis.compare_report as cr
 
         cr.plot_suites = cr.plot_perturbations = lambda rep, path: None
     rng = np.random.default_rng(args.seed)

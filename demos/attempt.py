@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_libero.suites import IMAGE_SIZE
+from libero_core.suites import IMAGE_SIZE
 
 NOOP_EPS = 1e-4
 LABELS = ("executed", "expert")  # what a demo's `action` column holds (see the module docstring)
@@ -78,7 +78,7 @@ _SIMS: dict = {}
 
 def _sim(suite: str, task_id: int, render: bool, size: int = IMAGE_SIZE):
     """One planning and one rendering env per worker, for the task at hand (others are closed)."""
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     key = (suite, task_id, render, size if render else None)
     for k in [k for k in _SIMS if k[:2] != (suite, task_id)]:
@@ -91,7 +91,7 @@ def _sim(suite: str, task_id: int, render: bool, size: int = IMAGE_SIZE):
 def _replay(sim, start_state: np.ndarray, seed: int, actions: np.ndarray, frames: bool):
     """Execute `actions` from `start_state` (fixtures placed by `seed`, as in run_expert); returns (states before
     each action, frames or [], first success step or -1, eef position after the last executed action)."""
-    from eval_libero.sim import frame_from_obs, state_from_obs
+    from libero_core.sim import frame_from_obs, state_from_obs
 
     obs, states, images, hit = sim.reset(seed=seed, start_state=start_state), [], [], -1
     for t, a in enumerate(actions):
@@ -142,7 +142,7 @@ def plan_attempt(job: Job) -> tuple[dict, Plan | None, np.ndarray]:
 def run_attempt(job: Job, staging: str) -> dict:
     """Plan one attempt unrendered; if it succeeds, re-render its kept actions and stage the episode."""
     from demos.dataset import stage_attempt
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+    from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
 
     rec, plan, start = plan_attempt(job)
     if plan is None:

@@ -56,8 +56,8 @@ def language_of(data_attrs, path: Path) -> str:
 
 def find_task(language: str) -> tuple[str, int] | None:
     """(suite, task_id) of the LIBERO task with this instruction, searching the four suites."""
-    from eval_libero.sim import task_info
-    from eval_libero.suites import SUITES
+    from libero_core.sim import task_info
+    from libero_core.suites import SUITES
 
     for s in SUITES.values():
         for t in range(s.n_tasks):
@@ -93,7 +93,7 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
 def convert_direct(g, size: int | None, keep_noops: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Arrays of one demo read straight from the file; returns (arrays, kept pair indices into obs)."""
     from demos.attempt import NOOP_EPS
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, upright
+    from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, upright
 
     actions = np.asarray(g["actions"], np.float32)
     obs_idx = np.arange(len(actions) - 1)  # obs[i] is what the robot saw before actions[i + 1]
@@ -121,7 +121,7 @@ def convert_rerender(sim, g) -> dict[str, np.ndarray] | None:
     """OFT-style regeneration of one demo in a rendered env; None if the replay does not succeed."""
     from demos.attempt import drop_noops
     from demos.replay import reset_to
-    from eval_libero.sim import frame_from_obs
+    from libero_core.sim import frame_from_obs
 
     actions = drop_noops(np.asarray(g["actions"], np.float32))
     obs = reset_to(sim, {"wait_steps": 10}, start_state=g["states"][0])
@@ -184,7 +184,7 @@ def convert(
                         f"{p}: no LIBERO task has the instruction {language!r}; cannot --rerender"
                     )
                 if rerender and (sim is None or (sim.info.suite, sim.info.task_id) != task):
-                    from eval_libero.sim import LiberoSim
+                    from libero_core.sim import LiberoSim
 
                     if sim is not None:
                         sim.close()

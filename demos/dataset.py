@@ -2,7 +2,7 @@
 
 Layout of an output folder (a plain local LeRobotDataset plus two things of ours):
     meta/, data/ [, videos/]     LeRobot v3 files (HuggingFaceVLA/libero schema)
-    meta/r1vla_demos.json        our metadata: config, every attempt (success or not), per-episode origin
+    meta/r1vla_demos.json        our metadata (read back through libero_core/starts.py): config, every attempt (success or not), per-episode origin
                                  (suite, task_id, start, init_state_index, seed, ...), per-task expert success
     meta/start_states.npz        episode_<index> -> the flattened MuJoCo state the episode started from
     meta/executed_actions.npz    episode_<index> -> (T, 7) actions executed, where `action` holds other labels
@@ -27,22 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
-from eval_libero.suites import IMAGE_SIZE
+from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from libero_core.starts import EXECUTED_ACTIONS, META_FILE, START_STATES
+from libero_core.suites import IMAGE_SIZE
 
 REPO_ID = "local/libero_demos"
 FPS = 10  # the label of the hub datasets (data recorded at the 20 Hz control rate, one frame per step)
 ROBOT_TYPE = "panda"
-META_FILE = "r1vla_demos.json"
 STAGING = "r1vla_staging"
 _NEW = ".r1vla_new_dataset"  # where a first commit creates the dataset before moving it into place
 _MARKER = "commit_in_progress.marker"
 _BACKUP = "commit_backup"
 ARRAYS = {IMAGE_KEY: "image", WRIST_KEY: "image2", STATE_KEY: "state", "action": "action"}
-START_STATES = "start_states.npz"  # meta/start_states.npz: episode_<index> -> flattened start sim state
-EXECUTED_ACTIONS = (
-    "executed_actions.npz"  # meta/executed_actions.npz: episode_<index> -> (T, 7) executed actions
-)
 SIDE = {"start_state": START_STATES, "executed": EXECUTED_ACTIONS}  # staged beside the frames -> meta file
 
 
@@ -307,27 +303,3 @@ class DemoStore:
 
     def close(self) -> None:
         self._lock.close()
-
-
-def load_meta(root: str | Path) -> dict:
-    """Our metadata of a demo dataset (raises a clear error when the folder has none)."""
-    path = Path(root) / "meta" / META_FILE
-    if not path.exists():
-        raise ValueError(
-            f"{root} has no {path.relative_to(root)}: not a dataset written by r1vla demos/convert-hdf5"
-        )
-    return json.loads(path.read_text())
-
-
-def load_start_states(root: str | Path) -> dict[int, np.ndarray]:
-    """episode index -> start sim state, from meta/start_states.npz ({} when the dataset records none)."""
-    return load_episode_arrays(root, START_STATES)
-
-
-def load_episode_arrays(root: str | Path, name: str) -> dict[int, np.ndarray]:
-    """episode index -> array, from the per-episode meta file `name` (one of SIDE's; {} when absent)."""
-    path = Path(root) / "meta" / name
-    if not path.exists():
-        return {}
-    with np.load(path) as z:
-        return {int(k.removeprefix("episode_")): z[k] for k in z.files}

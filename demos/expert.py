@@ -248,13 +248,13 @@ class ExpertRun:
 
 
 def run_expert(sim, init_index: int | None, max_steps: int, noise: float = 0.0, seed: int = 0) -> ExpertRun:
-    """Reset `sim` (an eval_libero.sim.LiberoSim) to official init state `init_index`, or, with None, to LIBERO's
+    """Reset `sim` (an libero_core.sim.LiberoSim) to official init state `init_index`, or, with None, to LIBERO's
     own randomized placement of the task's objects; run the expert until LIBERO's success predicate holds or
     `max_steps` actions have been taken. Gaussian noise of std `noise` is added to the 6 motion dimensions, then
     clipped to [-1, 1]. `seed` seeds the noise and, through `env.seed` (= np.random.seed), what LIBERO samples at
     reset: the fixture placements (cabinets and stoves move by ~1-2 cm between resets; the official init states
     only hold the movable objects' poses) and the randomized start."""
-    from eval_libero.sim import state_from_obs
+    from libero_core.sim import state_from_obs
 
     rng = np.random.default_rng(seed)
     obs = sim.reset(init_index, seed=seed)

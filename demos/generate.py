@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from demos.attempt import LABELS, NOOP_EPS, Job, episode_seed, plan_only, run_attempt
-from eval_libero.suites import IMAGE_SIZE, N_INIT_STATES, max_steps, parse_index_list, parse_suites
+from libero_core.suites import IMAGE_SIZE, N_INIT_STATES, max_steps, parse_index_list, parse_suites
 
 EXPERT_VERSION = 1  # bump when the expert's behaviour changes (it is part of the dataset's config)
 
@@ -44,7 +44,7 @@ class DemoConfig:
     noise: float = 0.0
     videos: bool = False
     max_attempts: int | None = None  # per task; None = 2 * episodes_per_task
-    protocol: str = "standard"  # step caps of eval_libero.suites
+    protocol: str = "standard"  # step caps of libero_core.suites
     commit_every: int = 10  # successful episodes between two dataset commits
     repo_id: str = "local/libero_demos"
     official_init_states: bool = False  # start attempt k from official init state k mod 50 (memorization)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_libero.suites import parse_index_list
+from libero_core.suites import parse_index_list
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def replay_episode(
     start_state: np.ndarray | None = None,
 ) -> ReplayResult:
     """Replay one episode. `images` (optional) maps image keys to (T, H, W, 3) uint8 recorded frames."""
-    from eval_libero.sim import frame_from_obs, state_from_obs
+    from libero_core.sim import frame_from_obs, state_from_obs
 
     obs = reset_to(sim, rec, start_state)
     state_dev, image_dev, first = 0.0, 0.0 if images else None, -1
@@ -80,7 +80,7 @@ def replay_episode(
 
 def load_episode(ds, index: int, frames: bool) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """(states, actions, images or None) of one episode of a LeRobotDataset."""
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+    from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
 
     ep = ds.meta.episodes[index]
     lo, hi = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
@@ -100,8 +100,8 @@ def replay(
 ) -> list[ReplayResult]:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays, load_meta, load_start_states
-    from eval_libero.sim import IMAGE_KEY, LiberoSim
+    from libero_core.sim import IMAGE_KEY, LiberoSim
+    from libero_core.starts import EXECUTED_ACTIONS, load_episode_arrays, load_meta, load_start_states
 
     meta = load_meta(root)
     starts, executed = load_start_states(root), load_episode_arrays(root, EXECUTED_ACTIONS)

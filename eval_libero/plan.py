@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from eval_libero.perturbations import NONE, check_files, parse_perturbations
 from eval_libero.scheduler import EpisodeSpec, derive_seed
-from eval_libero.suites import (
+from hints import versions as installed
+from libero_core.perturbations import NONE, check_files, parse_perturbations
+from libero_core.starts import Start, load_start_states, recorded_starts
+from libero_core.suites import (
     IMAGE_SIZE,
     N_INIT_STATES,
     NUM_WAIT_STEPS,
@@ -66,13 +67,8 @@ class EvalConfig:
 
 
 def versions(packages: tuple[str, ...] = SOFTWARE) -> dict[str, str | None]:
-    out = {}
-    for p in packages:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
+    """Installed versions of `packages` (default: what a run's records name as its software)."""
+    return installed(packages)
 
 
 def protocol_dict(
@@ -94,27 +90,18 @@ def protocol_dict(
     }
 
 
-def _dataset_starts(folder: str, suites: list, tasks_of) -> tuple[str, dict[tuple[str, int], list]]:
-    """(protocol label, (suite, task) -> [(episode index, start state, seed)]) of a dataset's recorded starts."""
-    from demos.dataset import load_meta, load_start_states
-
+def _dataset_starts(folder: str, suites: list, tasks_of) -> tuple[str, dict[tuple[str, int], list[Start]]]:
+    """(protocol label, (suite, task) -> recorded starts) of a dataset's recorded starts."""
     try:
-        meta = load_meta(folder)
+        by_task = recorded_starts(folder)
     except ValueError as e:
         raise EvalError(str(e)) from None
-    starts = load_start_states(folder)
-    if not starts:
+    if not by_task and not load_start_states(folder):
         raise EvalError(
             f"{folder} records no start states (meta/start_states.npz). `r1vla demos` records them for every "
             "episode; `r1vla convert-hdf5` for files that hold `states`. Regenerate the dataset with a current "
             "version, or evaluate on official init states (drop --start-states)"
         )
-    by_task: dict[tuple[str, int], list] = {}
-    for e in meta["episodes"]:
-        if e["episode_index"] in starts and e.get("suite"):
-            by_task.setdefault((e["suite"], int(e["task_id"])), []).append(
-                (int(e["episode_index"]), starts[e["episode_index"]], e.get("seed"))
-            )
     wanted = {(s.name, t) for s in suites for t in tasks_of(s)}
     if not wanted & set(by_task):
         raise EvalError(f"{folder} has no recorded start of the requested tasks (it has {sorted(by_task)})")

@@ -24,7 +24,6 @@ from collections import defaultdict
 from dataclasses import fields, replace
 from pathlib import Path
 
-from eval_libero import records as rec_io
 from eval_libero.checkpoint import (
     checkpoint_hash,
     load_policy_config,
@@ -35,7 +34,8 @@ from eval_libero.checkpoint import (
 from eval_libero.plan import EvalConfig, EvalError, plan_episodes, protocol_dict, versions
 from eval_libero.runner import PolicyRunner, render_size
 from eval_libero.scheduler import EpisodeSpec, run_episodes, spec_key
-from eval_libero.suites import NUM_WAIT_STEPS, PROTOCOLS, SUITES
+from libero_core import records as rec_io
+from libero_core.suites import NUM_WAIT_STEPS, PROTOCOLS, SUITES
 
 __all__ = ["EvalConfig", "EvalError", "evaluate", "load_policy_config", "load_runner", "protocol_dict"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval_libero.suites import IMAGE_SIZE
+from libero_core.suites import IMAGE_SIZE
 
 # LeRobot's LIBERO camera names -> the raw cameras they come from (lerobot.envs.libero's camera_name_mapping)
 CAMERA_OF_KEY = {
@@ -36,7 +36,7 @@ CAMERA_OF_KEY = {
 
 @dataclass(frozen=True)
 class Row:
-    key: tuple  # episode key (eval_libero.records.episode_key)
+    key: tuple  # episode key (libero_core.records.episode_key)
     raw: dict  # raw obs from the worker
     task: str  # instruction
     step: int  # env steps taken so far in the episode

@@ -51,7 +51,7 @@ def derive_seed(seed: int, suite: str, task_id: int, init_state: int) -> int:
 
 
 def spec_key(spec: EpisodeSpec) -> tuple:
-    """The record key of a spec (eval_libero.records.episode_key)."""
+    """The record key of a spec (libero_core.records.episode_key)."""
     return (spec.suite, spec.perturbation, spec.task_id, spec.init_state, spec.seed)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from eval_libero.sim import CAMERAS, upright
+from libero_core.sim import CAMERAS, upright
 
 RAW_KEYS = tuple(  # what LeRobot's LiberoEnv reads from a raw observation
     "agentview_image robot0_eye_in_hand_image robot0_eef_pos robot0_eef_quat robot0_gripper_qpos "
@@ -100,7 +100,7 @@ def worker_main(
     os.environ.setdefault("MUJOCO_GL", "egl")
     if egl_device is not None:  # one GPU per torchrun rank for rendering too
         os.environ.setdefault("MUJOCO_EGL_DEVICE_ID", str(egl_device))
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     every = os.environ.get(RENDER_EVERY_STEP) == "1"
     sim, where, ep = None, None, None

@@ -1,4 +1,5 @@
-"""The one closest-match helper for every "unknown X ... did you mean ...; valid: ..." error in the package.
+"""The one closest-match helper for every "unknown X ... did you mean ...; valid: ..." error in the package, and the
+one reader of installed package versions (what checkpoints, builds and runs record).
 
 Standard library only, so every package (including the pure-torch `vla` and LIBERO worker processes that import
 no torch) can use it:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from importlib import metadata
 
 
 def did_you_mean(value: object, choices: Iterable[str], cutoff: float = 0.6) -> str:
@@ -34,3 +36,14 @@ def check(what: str, value: object, choices: Iterable[str]) -> None:
     choices = list(choices)
     if value not in choices:
         raise unknown(what, value, choices)
+
+
+def versions(packages: Iterable[str]) -> dict[str, str | None]:
+    """package -> installed version (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

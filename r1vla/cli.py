@@ -45,7 +45,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "r1vla.crosscheck",
         "the same episodes through vla-eval's LIBERO (via r1vla serve) and r1vla eval: per-episode agreement",
     ),
-    "compare": ("eval_libero.compare", "transfer report: success with CIs, paired tests against a baseline"),
+    "compare": ("analysis.compare", "transfer report: success with CIs, paired tests against a baseline"),
     "study": ("r1vla.study", "the whole study: demos -> fine-tune each backbone -> evaluate -> report"),
 }
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from eval_libero.plan import EvalConfig, EvalError
-from eval_libero.suites import NUM_WAIT_STEPS, max_steps, parse_index_list, parse_suites
+from libero_core.suites import NUM_WAIT_STEPS, max_steps, parse_index_list, parse_suites
 
 FIELDS = ["suite", "task_id", "init_state", "r1vla_success", "r1vla_steps"]
 FIELDS += ["vla_eval_success", "vla_eval_steps", "vla_eval_failure", "agree"]
@@ -106,7 +106,7 @@ def table(rows: list[dict]) -> str:
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
-    from eval_libero.stats import wilson
+    from libero_core.records import wilson
 
     n = len(rows)
     same = sum(r["replay_max_dev"] is not None and r["replay_first_dev_step"] is None for r in rows)
@@ -128,10 +128,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
 def crosscheck(args: argparse.Namespace, log=print) -> list[dict]:
     """Run both harnesses (see the module docstring); returns the per-episode rows."""
     from eval_libero.checkpoint import load_policy_config, load_runner, resolve_checkpoint
-    from eval_libero.perturbations import instruction
-    from eval_libero.records import load_records
     from eval_libero.run import evaluate
     from eval_libero.runner import render_size
+    from libero_core.perturbations import instruction
+    from libero_core.records import load_records
     from r1vla import vlaeval
     from r1vla.serve import check_vla_eval
 

@@ -101,7 +101,7 @@ def _libero_assets() -> str:
 
 
 def _libero_render() -> str:
-    from eval_libero.sim import IMAGE_KEY, LiberoSim, frame_from_obs
+    from libero_core.sim import IMAGE_KEY, LiberoSim, frame_from_obs
 
     t0 = time.perf_counter()
     sim = LiberoSim("libero_object", 0, render=True)

@@ -168,7 +168,7 @@ def plan_probe(stage: str, arch: str, mcqa, budget: Budget) -> StagePlan:
 def plan_study(cfg, budget: Budget) -> list[StagePlan]:
     """Every GPU stage of the study `cfg` (a StudyConfig), in the order the study runs them; repeated stages
     (one per seed) are planned once and named with their seeds."""
-    from r1vla.study import eval_tasks
+    from r1vla.study_layout import eval_tasks
 
     plans, archs = [], {}
     build = cfg.backbone

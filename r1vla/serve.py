@@ -9,7 +9,7 @@ package's checkpoints need (`R1VLAModelServer`):
   - the `lerobot_policy_*` plugins registered, so `get_policy_class("r1vla")` resolves (LeRobot's own policies,
     e.g. ACT, need nothing);
   - the checkpoint checked first (a folder that is not a LeRobot policy is a clear error, not a traceback);
-  - the cameras mapped as the policy was trained (eval_libero.sim: vla-eval's `agentview` ->
+  - the cameras mapped as the policy was trained (libero_core.sim: vla-eval's `agentview` ->
     `observation.images.image`, `wrist` -> `observation.images.image2`), only those the policy reads;
   - `quat_no_antipodal: true` at hello, so vla-eval's LIBERO sends the state's axis-angle exactly as the datasets
     and LeRobot's LIBERO pipeline compute it (robosuite's quat2axisangle, no sign canonicalisation);

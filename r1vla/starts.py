@@ -11,31 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from libero_core.starts import Start, recorded_starts
+
 TOLERANCE = 1e-4
 
 
-def _recorded(root: str | None) -> tuple[dict, dict[int, np.ndarray]] | str:
-    """(r1vla metadata, episode -> start state) of a local dataset, or why there are none."""
-    from demos.dataset import load_meta, load_start_states
+def provenance(root: str | None) -> str:
+    """One sentence on where the dataset's episodes started (for the report)."""
+    from libero_core.starts import load_meta, load_start_states
 
     if root is None:
         return (
             "unknown: a hub dataset records no start states, so overlap with evaluation states is not checked"
         )
     try:
-        return load_meta(root), load_start_states(root)
+        meta = load_meta(root)
     except ValueError:
         return "unknown: the dataset has no r1vla metadata (meta/r1vla_demos.json), overlap is not checked"
-
-
-def provenance(root: str | None) -> str:
-    """One sentence on where the dataset's episodes started (for the report)."""
-    rec = _recorded(root)
-    if isinstance(rec, str):
-        return rec
-    meta, starts = rec
     cfg = meta.get("config") or {}
-    n = len(starts)
+    n = len(load_start_states(root))
     if cfg.get("source") == "scripted_expert":
         how = {
             "randomized": "LIBERO's randomized placement (seeded per episode)",
@@ -45,31 +39,25 @@ def provenance(root: str | None) -> str:
     return f"{cfg.get('source', 'unknown source')}: {n} start states recorded from the files"
 
 
-def training_starts(
-    root: str | None, episodes: list[int]
-) -> dict[tuple[str, int], list[tuple[int, np.ndarray]]]:
-    """(suite, task) -> [(episode, start state)] of the given training episodes that recorded a start."""
-    rec = _recorded(root)
-    if isinstance(rec, str):
+def training_starts(root: str | None, episodes: list[int]) -> dict[tuple[str, int], list[Start]]:
+    """(suite, task) -> the recorded starts of the given training episodes ({} when the dataset records none)."""
+    if root is None:
         return {}
-    (meta, starts), wanted = rec, set(episodes)
-    out: dict[tuple[str, int], list] = {}
-    for e in meta["episodes"]:
-        i = e["episode_index"]
-        if i in wanted and i in starts and e.get("suite"):
-            out.setdefault((e["suite"], int(e["task_id"])), []).append((i, starts[i]))
-    return out
+    try:
+        return recorded_starts(root, episodes)
+    except ValueError:  # no r1vla metadata: provenance() says so
+        return {}
 
 
 def overlaps(
-    starts: dict[tuple[str, int], list[tuple[int, np.ndarray]]],
+    starts: dict[tuple[str, int], list[Start]],
     tasks: list[tuple[str, int]],
     init_states: list[int],
     perturbations: tuple[str, ...] = (),
 ) -> list[str]:
     """'suite task t init state i (perturbation p) = training episode e (max |diff| d)' for every evaluation
     start that equals a training start."""
-    from eval_libero.sim import init_states as official
+    from libero_core.sim import init_states as official
 
     found = []
     for suite, task in tasks:
@@ -78,7 +66,7 @@ def overlaps(
             continue
         for p in ("none", *perturbations):
             states = official(suite, task, p)
-            for ep, s in train:
+            for ep, s, _ in train:
                 if s.shape != states.shape[1:]:
                     continue  # another scene (a perturbed variant with other objects)
                 diff = np.abs(states[init_states] - s).max(axis=1)

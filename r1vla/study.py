@@ -21,6 +21,7 @@ import yaml
 from r1vla import gpu_stages, study_config, study_power
 from r1vla.stages import StageFailed, StageRunner
 from r1vla.study_config import BackboneSpec, StudyConfig
+from r1vla.study_layout import eval_tasks, run_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,7 +314,7 @@ class Study(StageRunner):
 
         n = self.cfg.eval.train_starts
         starts = training_starts(data["root"], data["train_episodes"])
-        picked = sorted(e for eps in starts.values() for e, _ in eps[:n])
+        picked = sorted(st.episode for eps in starts.values() for st in eps[:n])
         cfg = self.eval_config(
             b,
             seed,
@@ -326,7 +327,7 @@ class Study(StageRunner):
         return {"run": str(evaluate(cfg, log=self.log)), "episodes": picked}
 
     def report(self, data: dict) -> dict:
-        from eval_libero.compare import compare_runs
+        from analysis.compare import compare_runs
         from r1vla.study_report import render_report
 
         runs = [
@@ -337,23 +338,6 @@ class Study(StageRunner):
         cmp = compare_runs(runs, baseline=self.cfg.baseline, out=self.out / "compare")
         (self.out / "report.md").write_text(render_report(self, data, cmp))
         return {"report": str(self.out / "report.md"), "compare": str(self.out / "compare")}
-
-
-def run_name(stage: str, b: BackboneSpec, seed: int) -> str:
-    return f"{stage}/{b.label}/seed{seed}"
-
-
-def eval_tasks(cfg: StudyConfig) -> tuple[list[tuple[str, int]], list[int]]:
-    """The (suite, task) pairs and official init-state indices the study evaluates on."""
-    from eval_libero.suites import N_INIT_STATES, parse_index_list, parse_suites
-
-    e = cfg.eval
-    tasks = [
-        (s.name, t)
-        for s in parse_suites(list(e.suites))
-        for t in parse_index_list(e.tasks, s.n_tasks, "task")
-    ]
-    return tasks, parse_index_list(e.init_states, N_INIT_STATES, "init state")
 
 
 def _cli(v) -> str:

@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from adapters import get_preset
-from eval_libero.perturbations import parse_perturbations
-from eval_libero.suites import PROTOCOLS, parse_index_list, parse_suites, resolve_suite
 from hints import did_you_mean, unknown
+from libero_core.perturbations import parse_perturbations
+from libero_core.suites import PROTOCOLS, parse_index_list, parse_suites, resolve_suite
 
 DATA_SOURCES = ("generate", "local", "hub")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

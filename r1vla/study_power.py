@@ -1,7 +1,7 @@
 """`r1vla study --plan`: the statistical power of the study's design before it runs: the minimum detectable Δ
 (80% power, α 0.05 family-wise under Holm) for the configured training seeds and evaluation episodes, and the
 training seeds a target Δ needs (`--target-delta`). The variance is a pilot run's (`--pilot`, the compare report
-of an earlier study) or a stated default (eval_libero/power.py). Only the statistics: a GPU-memory plan can be
+of an earlier study) or a stated default (analysis/power.py). Only the statistics: a GPU-memory plan can be
 printed beside these lines by its own module."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from eval_libero import power
+from analysis import power
 from r1vla.study_config import StudyConfig
 
 
 def pilot_design(path: str) -> dict:
     """The measured design of a compare report (REPORT/report.json or the folder): its first comparison's seed
-    and episode variances (eval_libero/compare_paired.py `design`). ValueError naming the problem otherwise."""
+    and episode variances (analysis/compare_paired.py `design`). ValueError naming the problem otherwise."""
     p = Path(path)
     p = p / "report.json" if p.is_dir() else p
     try:
@@ -36,7 +36,7 @@ def pilot_design(path: str) -> dict:
 
 
 def _episodes_per_suite(cfg: StudyConfig) -> dict[str, int]:
-    from r1vla.study import eval_tasks
+    from r1vla.study_layout import eval_tasks
 
     tasks, inits = eval_tasks(cfg)
     out: dict[str, int] = {}

@@ -19,7 +19,7 @@ def _train_start_success(run: Path) -> str:
 
 
 def render_report(study, data: dict, cmp: dict) -> str:
-    from r1vla.study import run_name
+    from r1vla.study_layout import run_name
 
     cfg, out = study.cfg, study.out
     seeds, arms = list(cfg.train.seeds), [b for b in cfg.backbones]

@@ -1,11 +1,11 @@
 """vla-eval's side of `r1vla crosscheck`: `r1vla serve` in a child process, and vla-eval's LIBERO benchmark run
 in this process (what `vla-eval run --no-docker --config CONFIG` does: its Orchestrator, then its export).
 
-Alignment with `r1vla eval` (eval_libero.sim / eval_libero.plan), set here in vla-eval's own config:
+Alignment with `r1vla eval` (libero_core.sim / eval_libero.plan), set here in vla-eval's own config:
   init states    episode k of a task uses init state k in vla-eval; other lists of init states go through
                  `InitStatesLIBERO`, which only maps episode k to the k-th requested init state
   caps           `max_steps` = the standard protocol's cap of the suite (or --max-steps)
-  wait steps     `num_steps_wait` = eval_libero.suites.NUM_WAIT_STEPS (10)
+  wait steps     `num_steps_wait` = libero_core.suites.NUM_WAIT_STEPS (10)
   image size     vla-eval's LIBERO renders at its module constant LIBERO_ENV_RESOLUTION (256); set, for this run,
                  to the size `r1vla eval` renders (the policy's trained size), so no letterboxing happens
   state          `quat_no_antipodal: true` (declared by the server at hello, and set in the config)
@@ -194,7 +194,7 @@ def run_vla_eval(config: dict, image_size: int) -> tuple[list[dict], Path]:
     from vla_eval.recording import db_path_for_eval
     from vla_eval.results.export import export_eval
 
-    os.environ.setdefault("MUJOCO_GL", "egl")  # as eval_libero.sim
+    os.environ.setdefault("MUJOCO_GL", "egl")  # as libero_core.sim
     Path(config["output_dir"]).mkdir(parents=True, exist_ok=True)
     (Path(config["output_dir"]) / "config.json").write_text(json.dumps(config, indent=1))
     saved = libero_bench.LIBERO_ENV_RESOLUTION
@@ -262,9 +262,9 @@ def replay(
 
     from eval_libero.runner import Row
     from eval_libero.scheduler import derive_seed
-    from eval_libero.sim import LiberoSim, state_from_obs
-    from eval_libero.suites import NUM_WAIT_STEPS
     from eval_libero.worker import raw_obs_for_lerobot
+    from libero_core.sim import LiberoSim, state_from_obs
+    from libero_core.suites import NUM_WAIT_STEPS
 
     ep_seed = derive_seed(seed, suite, task_id, init_state)
     sim = LiberoSim(suite, task_id, render=runner is not None, size=image_size or 256)

@@ -7,10 +7,11 @@ get_preset / resolve_path / ensure_tiny_checkpoint) or a checkpoint folder / hub
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
+
+from hints import versions as installed
 
 EXPECTED_MODEL_TYPE = "qwen2_5_vl"
 EXPECTED_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -51,13 +52,8 @@ def check_qwen2_5_vl(path: str) -> None:
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
+    """Installed versions of the build's stack (packages not installed are left out)."""
+    return {k: v for k, v in installed(VERSIONED).items() if v is not None}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

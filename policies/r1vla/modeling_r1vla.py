@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from adapters import build_backbone
+from hints import versions
 from vla import VLAModel, make_head
 
 from .augment_r1vla import augment, center_crop
@@ -231,15 +232,7 @@ WRITER_PACKAGES = ("lerobot_policy_r1vla", "lerobot", "transformers", "torch")
 
 def written_by() -> dict[str, str | None]:
     """Versions of the packages whose formats a checkpoint depends on."""
-    from importlib import metadata
-
-    out = {}
-    for name in WRITER_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(WRITER_PACKAGES)
 
 
 def checkpoint_writer(folder: Path) -> str:

@@ -1,27 +1,22 @@
-"""`r1vla compare`: the transfer report. Success per suite with 95% CIs, and paired, replicate-aware tests of every
-arm against a baseline, on the standard suites and under LIBERO-PRO perturbations.
-
-    r1vla compare RUN... [--baseline LABEL_OR_RUNDIR] --out REPORT [--allow-protocol-mismatch]
-                  [--bootstrap 2000] [--bootstrap-seed 0]
-
-One run folder = one evaluation of one checkpoint. Runs sharing a label with different checkpoints are
-training-seed replicates of that arm, paired across arms by `train_seed`. Writes REPORT/report.md,
-REPORT/report.json, REPORT/per_suite.png (and per_perturbation.png when there are perturbations). Methods:
-eval_libero/stats.py and the head of report.md. In Python: `compare_runs([Path(a), Path(b)], "sft", out)`.
-"""
+"""The run folders `r1vla compare` reads: one `Run` per folder (its episodes.jsonl plus any unmerged shards),
+runs grouped into arms of training-seed replicates, and the protocol check across them. Everything the analysis
+modules share about a run (its cells and episodes) is typed here."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from eval_libero.compare_analysis import ALPHA, N_BOOT, STANDARD, Cell, Episode, analyse  # noqa: F401
-from eval_libero.records import EPISODES, dict_differences, episode_key, is_fault, read_jsonl
+from libero_core.records import EPISODES, dict_differences, episode_key, is_fault, read_jsonl
+
+ALPHA = 0.05  # significance level of every test and the CIs' complement
+N_BOOT = 2000  # bootstrap resamples
+STANDARD = "none"  # the perturbation of the standard suites
+Cell = tuple[str, str]  # (suite, perturbation)
+Episode = tuple[int, int, int]  # (task_id, init_state, seed) in a cell; clusters are (task_id, init_state)
 
 
 class CompareError(ValueError):
@@ -152,90 +147,3 @@ def check_protocols(arms: dict[str, list[Run]], allow: bool) -> list[str]:
             + "\n(--allow-protocol-mismatch to compare anyway)"
         )
     return diffs
-
-
-def compare_runs(
-    run_dirs: list[Path],
-    baseline: str | None,
-    out: Path,
-    allow_protocol_mismatch: bool = False,
-    log=print,
-    n_boot: int = N_BOOT,
-    boot_seed: int = 0,
-    alpha: float = ALPHA,
-) -> dict:
-    """Write report.md / report.json / per_suite.png (+ per_perturbation.png) into `out`; returns the report
-    dict. `baseline` is an arm name, a label or a run folder (default: the first run's arm)."""
-    from eval_libero.compare_report import plot_perturbations, plot_suites, render_markdown
-
-    if not run_dirs:
-        raise CompareError("no run folders given")
-    if int(n_boot) < 100:
-        raise CompareError(f"--bootstrap must be at least 100 resamples, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise CompareError(f"alpha must be in (0, 1), got {alpha}")
-    arms = build_arms([load_run(Path(d), log) for d in run_dirs], log)
-    base = next(iter(arms)) if baseline is None else _find(arms, baseline)
-    diffs = check_protocols(arms, allow_protocol_mismatch)
-    rep = {**analyse(arms, base, int(n_boot), int(boot_seed), alpha), "protocol_differences": diffs}
-    for w in rep["warnings"]:
-        log(f"warning: {w}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rep, indent=2, sort_keys=True))
-    (out / "report.md").write_text(render_markdown(rep))
-    plot_suites(rep, out / "per_suite.png")
-    if rep["ood"]:
-        plot_perturbations(rep, out / "per_perturbation.png")
-    return rep
-
-
-def _find(arms: dict[str, list[Run]], baseline: str) -> str:
-    for test in (
-        lambda n, reps: baseline == n,
-        lambda n, reps: baseline == reps[0].label,
-        lambda n, reps: any(Path(baseline).resolve() == r.dir.resolve() for r in reps),
-    ):
-        if hits := [n for n, reps in arms.items() if test(n, reps)]:
-            return hits[0]
-    raise CompareError(
-        f"baseline {baseline!r} is none of the runs; give an arm, label or folder of: "
-        + "; ".join(f"{n} ({', '.join(str(r.dir) for r in reps)})" for n, reps in arms.items())
-    )
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "runs", nargs="+", help="run folders written by `r1vla eval` (several per label = replicates)"
-    )
-    p.add_argument(
-        "--baseline", default=None, help="arm, label or folder of the baseline (default: the first)"
-    )
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument(
-        "--allow-protocol-mismatch", action="store_true", help="compare runs made under different protocols"
-    )
-    p.add_argument(
-        "--bootstrap", type=int, default=N_BOOT, metavar="N", help=f"bootstrap resamples (default {N_BOOT})"
-    )
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="RNG seed of the bootstrap (default 0)")
-
-
-def run(args: argparse.Namespace) -> int:
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr)
-
-    try:
-        compare_runs(
-            [Path(r) for r in args.runs],
-            args.baseline,
-            Path(args.out),
-            args.allow_protocol_mismatch,
-            log=log,
-            n_boot=args.bootstrap,
-            boot_seed=args.bootstrap_seed,
-        )
-    except CompareError as e:
-        print(f"r1vla compare: {e}", file=sys.stderr)
-        return 2
-    print((Path(args.out) / "report.md").read_text())
-    return 0

@@ -66,14 +66,6 @@ def parse_perturbations(text: str | list[str] | None) -> list[str]:
     return out
 
 
-def variant_task_index(bench, name: str, variant: str) -> int:
-    """Index in the variant benchmark of the task with the standard task's BDDL name."""
-    names = bench.get_task_names()
-    if name not in names:
-        raise ValueError(f"{variant} has no task {name!r} (its tasks: {', '.join(names)}); skipping nothing")
-    return names.index(name)
-
-
 @functools.cache
 def bddl_language(path: str) -> str:
     """The `(:language ...)` of a BDDL file."""
@@ -88,9 +80,9 @@ def check_files(suite: str, task_id: int, perturbation: str) -> None:
     """Raise, naming the task, if the variant's BDDL file or init states of this task are missing."""
     from libero.libero import get_libero_path
 
-    from eval_libero.sim import _benchmark
+    from libero_core.tasks import benchmark_of
 
-    name = _benchmark(suite).get_task(task_id).name
+    name = benchmark_of(suite).get_task(task_id).name
     variant = f"{suite}_{perturbation}"
     bddl = os.path.join(get_libero_path("bddl_files"), variant, f"{name}.bddl")
     init = os.path.join(get_libero_path("init_states"), variant, f"{name}.pruned_init.npz")
@@ -103,12 +95,12 @@ def instruction(suite: str, task_id: int, perturbation: str = NONE) -> str:
     """The instruction a policy receives for task `task_id` of `suite` under `perturbation` (see the docstring)."""
     from libero.libero import get_libero_path
 
-    from eval_libero.sim import _task
+    from libero_core.tasks import task_of
 
-    bench, i = _task(suite, task_id)
+    bench, i = task_of(suite, task_id)
     standard = bench.get_task(i).language  # LIBERO's file-name instruction: what the datasets use
     if perturbation not in REWRITES_LANGUAGE:
         return standard
-    vbench, j = _task(suite, task_id, perturbation)
+    vbench, j = task_of(suite, task_id, perturbation)
     task = vbench.get_task(j)
     return bddl_language(os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file))

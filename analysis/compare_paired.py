@@ -1,9 +1,9 @@
-"""Paired Δ of an arm against the baseline on the standard suites and their Average (eval_libero/compare.py):
+"""Paired Δ of an arm against the baseline on the standard suites and their Average (analysis/compare.py):
 estimates, McNemar per replicate pair, the Holm family, verdicts and the design's power. No file I/O.
 
 The Holm family of one comparison is every standard suite with a p and the Average (so the family-wise error of
 its verdicts, the Average's included, is at most α); each row carries the correction it was judged under
-(`correction`) and its minimum detectable Δ at 80% power (`mde80`, eval_libero/power.py) from the seed and
+(`correction`) and its minimum detectable Δ at 80% power (`mde80`, analysis/power.py) from the seed and
 cluster variance observed."""
 
 from __future__ import annotations
@@ -11,17 +11,11 @@ from __future__ import annotations
 import statistics
 import zlib
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eval_libero import power, stats
-
-if TYPE_CHECKING:
-    from eval_libero.compare import Run
-
-ALPHA = 0.05
-STANDARD = "none"  # the perturbation of the standard suites
+from analysis import power, stats
+from analysis.runs import ALPHA, STANDARD, Run
 
 
 def _rng(seed: int, *tag: str) -> np.random.Generator:

@@ -6,7 +6,7 @@ Model of one training seed's value (a Δ of two arms trained with that seed, on 
     var = τ² + σ²_ep / n_ep
 τ² the seed-to-seed variance of the Δ itself (training noise of both arms), σ²_ep the variance of one paired
 episode's difference, n_ep the shared episodes per seed. The verdict tests the mean of n seeds' values with the
-t-test over seeds (n − 1 degrees of freedom; eval_libero/stats.py) at α/m per test, m the Holm family (a lone
+t-test over seeds (n − 1 degrees of freedom; analysis/stats.py) at α/m per test, m the Holm family (a lone
 real effect must pass Holm's first step, α/m); with one seed, the z-test on the episode noise alone (a verdict
 about the checkpoints: the seed variance is not observable).
 """
@@ -73,7 +73,7 @@ def seeds_needed(
 
 def observed_var(n_seeds: int, seed_var: float | None, within_var: float | None) -> float | None:
     """The per-seed variance a compare report's MDE uses: max(sample variance, mean within-seed sampling variance)
-    over several seeds (what the interval uses, eval_libero/stats.py), the sampling variance with one."""
+    over several seeds (what the interval uses, analysis/stats.py), the sampling variance with one."""
     if n_seeds >= 2 and seed_var is not None:
         return max(seed_var, within_var or 0.0)
     return within_var

@@ -1,11 +1,11 @@
-"""Rendering of the `r1vla compare` report dict (eval_libero/compare.py): report.md, per_suite.png and
+"""Rendering of the `r1vla compare` report dict (analysis/compare.py): report.md, per_suite.png and
 per_perturbation.png. Reads only the dict; computes nothing statistical."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eval_libero.suites import SUITES
+from libero_core.suites import SUITES
 
 TITLE = {s.name: s.title for s in SUITES.values()}
 
