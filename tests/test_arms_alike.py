@@ -71,7 +71,7 @@ def test_study_gives_every_arm_one_prompt(tmp_path):
 
 
 def test_compare_refuses_runs_with_different_prompts(tmp_path):
-    from test_compare import PROTO, write_run
+    from synthetic_runs import PROTO, write_run
 
     from eval_libero.compare import CompareError, compare_runs
 

@@ -15,7 +15,7 @@ from scipy.stats import binomtest, nct
 from scipy.stats import t as t_dist
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
-from test_compare import PROTO, QUIET, write_run
+from synthetic_runs import PROTO, QUIET, write_run
 
 from eval_libero import power
 from eval_libero.compare import compare_runs

@@ -1,15 +1,16 @@
-"""Evaluation faults and refusals (issue 22): a worker that dies after replying is recorded as `worker_died` and
-the run goes on; `--retry-faults` re-runs faults that an earlier torchrun already merged; every refusal of bad
-input by a command prints its message and exits non-zero without a traceback. No LIBERO simulation: the
-scheduler runs fake workers, and the bookkeeping tests replace the episode loop with a recorder."""
+"""Evaluation faults and refusals (issue 22): a hung, dead or erroring worker ends only its episode, and one
+that dies after replying is recorded as `worker_died` while the run goes on; `--retry-faults` re-runs faults that
+an earlier torchrun already merged; every refusal of bad input by a command prints its message and exits non-zero
+without a traceback. No LIBERO simulation: the scheduler runs fake workers, and the bookkeeping tests replace the
+episode loop with a recorder."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from fake_worker import dies_after_reply_worker
-from test_eval import ecfg, make_runner, save_probe
+from eval_probe import ecfg, save_probe
+from fake_worker import dies_after_reply_worker, faulty_worker, run_on_fake_workers
 
 from eval_libero import records as rec_io
 from eval_libero import run as run_mod
@@ -33,25 +34,23 @@ class SlowFor:
         return getattr(self.runner, name)
 
 
-def test_worker_dead_after_replying_is_recorded_and_the_run_goes_on(tmp_path):
+def test_faults_end_only_their_episode(det_runner):
+    """A hung worker is killed after the timeout, a dead one replaced, a simulator error recorded; every episode
+    gets a record with its reason and the others run to their end."""
+    t0 = time.time()
+    got, logs = run_on_fake_workers(det_runner, range(6), 3.0, faulty_worker)
+    assert time.time() - t0 < 60 and sorted(got) == list(range(6))
+    assert got[1]["failure"] == "worker_timeout" and got[2]["failure"] == "worker_died: exit code 3"
+    assert got[3]["failure"] == "sim_error: ValueError: physics exploded" and got[3]["steps"] == 4
+    for i in (0, 4, 5):
+        assert got[i]["failure"] == "timeout: no success in 8 steps" and got[i]["steps"] == 8
+    assert any("worker_timeout in libero_object task 0 init 1" in m for m in logs)
+
+
+def test_worker_dead_after_replying_is_recorded_and_the_run_goes_on(det_runner):
     """Init state 4's worker replies to the reset and exits: writing the chunk to it raised BrokenPipeError out of
     run_episodes (the run aborted); now that episode is `worker_died` and the others run to their end."""
-    from eval_libero.scheduler import EpisodeSpec, run_episodes
-
-    runner = SlowFor(make_runner(save_probe(tmp_path / "det")))
-    specs = [EpisodeSpec(i, "libero_object", 0, i, 7, 100 + i, 8) for i in range(3, 7)]
-    got, logs = {}, []
-    run_episodes(
-        specs,
-        runner,
-        2,
-        lambda s, r: got.__setitem__(s.init_state, r),
-        10,
-        256,
-        30.0,
-        worker=dies_after_reply_worker,
-        log=logs.append,
-    )
+    got, logs = run_on_fake_workers(SlowFor(det_runner), range(3, 7), 30.0, dies_after_reply_worker)
     assert sorted(got) == [3, 4, 5, 6]
     assert got[4]["failure"].startswith("worker_died: exit code 5") and not got[4]["success"]
     for i in (3, 5, 6):
@@ -196,7 +195,7 @@ def test_backbone_mismatch_is_a_message(tmp_path, capsys, monkeypatch):
 def test_backbone_mismatch_end_to_end(tmp_path, capsys, tiny_backbone_dir):
     """A real r1vla checkpoint trained on the tiny backbone (seed 0), evaluated with --backbone-path of another
     (seed 1): refused with the policy's explanation, exit 2, no traceback, nothing recorded."""
-    from test_policy import STATS, make_config
+    from r1vla_small import STATS, make_config
 
     from adapters import build_tiny_checkpoint
     from policies.r1vla import R1VLAPolicy, make_r1vla_pre_post_processors

@@ -85,7 +85,7 @@ def test_bad_perturbation_names_list_the_usable_and_the_unusable():
 
 @pytest.mark.libero
 def test_records_carry_perturbation_and_instruction(tmp_path):
-    from test_eval import ecfg, read, save_probe
+    from eval_probe import ecfg, read, save_probe
 
     from eval_libero.run import EvalError, evaluate
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_eval import features  # noqa: E402
-from test_policy import STATS, make_config  # noqa: E402
+from eval_probe import features  # noqa: E402
+from r1vla_small import STATS, make_config  # noqa: E402
 
 from r1vla.cli import main  # noqa: E402
 
