@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_libero.compare import Run, build_arms
-from eval_libero.records import (
+from analysis.compare import Run, build_arms
+from libero_core.records import (
     write_jsonl_atomic,
 )
 

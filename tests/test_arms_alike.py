@@ -73,7 +73,7 @@ def test_study_gives_every_arm_one_prompt(tmp_path):
 def test_compare_refuses_runs_with_different_prompts(tmp_path):
     from synthetic_runs import PROTO, write_run
 
-    from eval_libero.compare import CompareError, compare_runs
+    from analysis.compare import CompareError, compare_runs
 
     a = write_run(tmp_path / "a", "sft", {"libero_object": [True] * 4}, protocol={**PROTO, "prompt": {
         "style": "robot_r1", "coordinates": CM}})  # fmt: skip

@@ -1,6 +1,6 @@
 """Axis words match the image that is shown. Oracle: rendered pixels. The gripper's visual geoms are painted
 magenta in a real LIBERO scene; the end effector moves along world +X, +Y, +Z (OSC delta actions); the painted
-pixels' centroid moves in the frame as stored (eval_libero/sim.py's convention: rotated 180 deg). The word the MCQA
+pixels' centroid moves in the frame as stored (libero_core/sim.py's convention: rotated 180 deg). The word the MCQA
 (reasoning/questions.py movement phrases) and the VLA prompt (adapters/prompts.py robot_r1 style) use for each
 axis' + direction must name that image direction."""
 
@@ -33,7 +33,7 @@ def _centroid(image: np.ndarray) -> np.ndarray:
 
 def _image_moves(sim, axis: int, steps: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(world displacement m, image displacement (col, row) px) of `steps` full +axis OSC actions."""
-    from eval_libero.sim import IMAGE_KEY, frame_from_obs
+    from libero_core.sim import IMAGE_KEY, frame_from_obs
 
     sim.reset(init_index=0)
     _paint(sim)  # robosuite rebuilds the model at a hard reset: paint after it
@@ -61,7 +61,7 @@ def _mcqa_plus_words() -> list[str]:
 
 @pytest.mark.libero
 def test_axis_words_match_the_rendered_frame():
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     words = {"prompt": _prompt_plus_words(), "mcqa": _mcqa_plus_words()}
     sim = LiberoSim("libero_object", 0, render=True, size=128, cameras=("agentview_image",))

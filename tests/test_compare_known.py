@@ -21,9 +21,9 @@ from synthetic_runs import (
     write_run,
 )
 
-from eval_libero.compare import Run, analyse, build_arms, compare_runs
-from eval_libero.compare_analysis import verdict
-from eval_libero.records import (
+from analysis.compare import Run, analyse, build_arms, compare_runs
+from analysis.compare_analysis import verdict
+from libero_core.records import (
     wilson,
 )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from synthetic_runs import QUIET, floored_t, make_records, write_run
 
-from eval_libero.compare import Run, analyse, build_arms, compare_runs
+from analysis.compare import Run, analyse, build_arms, compare_runs
 
 
 def ood_cells(std: float, lan: float, n: int = 500, extra: dict | None = None) -> dict:

@@ -17,9 +17,9 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from synthetic_runs import PROTO, QUIET, write_run
 
-from eval_libero import power
-from eval_libero.compare import compare_runs
-from eval_libero.records import write_jsonl_atomic
+from analysis import power
+from analysis.compare import compare_runs
+from libero_core.records import write_jsonl_atomic
 
 
 def tied_runs(tmp_path: Path, n_seeds: int = 3) -> list[Path]:
@@ -159,7 +159,7 @@ def test_study_plan_states_the_power(tmp_path, capsys):
     assert "3 training seed(s), 500 episodes per suite and seed" in capsys.readouterr().out
     # the paper preset: its seeds and episodes, the default variance; seeds needed by hand
     from r1vla import study_config
-    from r1vla.study import eval_tasks
+    from r1vla.study_layout import eval_tasks
     from r1vla.study_power import power_plan_lines
 
     cfg = study_config.preset("paper")

@@ -7,8 +7,8 @@ import json
 import pytest
 from synthetic_runs import CAPS, PROTO, QUIET, SHORT, make_records, write_run
 
-from eval_libero.compare import CompareError, compare_runs
-from eval_libero.records import (
+from analysis.compare import CompareError, compare_runs
+from libero_core.records import (
     shard_path,
     summarize,
     write_jsonl_atomic,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from demos.dataset import features, load_meta
-from eval_libero.sim import IMAGE_KEY, STATE_KEY
+from demos.dataset import features
+from libero_core.sim import IMAGE_KEY, STATE_KEY
+from libero_core.starts import load_meta
 from r1vla.cli import main
 
 OBJECT0 = "pick up the alphabet soup and place it in the basket"
@@ -56,7 +57,7 @@ def test_convert_hdf5_matches_the_generated_format(tmp_path):
     import h5py
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from eval_libero.sim import frame_from_obs
+    from libero_core.sim import frame_from_obs
 
     path = tmp_path / "KITCHEN_SCENE3_x_demo.hdf5"
     src = _write_libero_hdf5(path)
@@ -89,7 +90,7 @@ def test_convert_hdf5_matches_the_generated_format(tmp_path):
         "robot0_eef_quat": np.array([0, 0, 0, 1.0]),
         "robot0_gripper_qpos": np.zeros(2),
     }
-    assert np.array_equal(small, frame_from_obs(raw)[IMAGE_KEY])  # the one convention of eval_libero/sim.py
+    assert np.array_equal(small, frame_from_obs(raw)[IMAGE_KEY])  # the one convention of libero_core/sim.py
     big = (item[IMAGE_KEY].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # resized to 256^2
     r, c = np.unravel_index(np.argmax(big[..., 0]), big.shape[:2])
     assert 234 <= r <= 235 and 214 <= c <= 215 and big[..., 1:].max() == 0  # the same place, twice the size
@@ -100,7 +101,7 @@ def test_convert_hdf5_matches_the_generated_format(tmp_path):
     assert item["task"] == OBJECT0
     rec = load_meta(tmp_path / "conv")["episodes"][1]
     assert (rec["suite"], rec["task_id"], rec["wait_steps"]) == ("libero_object", 0, 0)
-    from demos.dataset import load_start_states
+    from libero_core.starts import load_start_states
 
     assert rec["start"] == "hdf5 states[1]"
     np.testing.assert_array_equal(load_start_states(tmp_path / "conv")[1], d["states"][1])

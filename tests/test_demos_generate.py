@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demos.dataset import STAGING, features, load_meta
+from demos.dataset import STAGING, features
 from demos.generate import DemoConfig
-from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from libero_core.starts import load_meta
 from r1vla.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +79,8 @@ def test_interrupted_generation_resumes_without_duplicates(generated):
 def test_generated_starts_are_randomized_recorded_and_never_official(generated):
     """No train/eval leakage: every episode starts from LIBERO's randomized placement under its recorded seed, its
     start state is stored in meta/start_states.npz, and it differs from all 50 official init states."""
-    from demos.dataset import load_start_states
-    from eval_libero.sim import init_states
+    from libero_core.sim import init_states
+    from libero_core.starts import load_start_states
 
     root = generated[0]
     meta, starts = load_meta(root), load_start_states(root)
@@ -98,7 +99,7 @@ def test_generated_dataset_has_the_hub_schema_and_loads_with_action_chunks(gener
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from eval_libero.sim import task_info
+    from libero_core.sim import task_info
 
     root = generated[0]
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -142,8 +143,8 @@ def test_generated_dataset_has_the_hub_schema_and_loads_with_action_chunks(gener
 def test_expert_labels_are_the_actions_before_the_noise(generated):
     """`--labels expert`: the `action` column is the expert's action, the executed one (noise of std 0.05 on the
     6 motion dims, gripper untouched) is in meta/executed_actions.npz, step for step."""
-    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays
     from demos.replay import load_episode
+    from libero_core.starts import EXECUTED_ACTIONS, load_episode_arrays
 
     root = generated[0]
     assert load_meta(root)["config"]["labels"] == "expert"
@@ -178,8 +179,8 @@ def test_replay_catches_a_gripper_polarity_bug(generated):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from demos.attempt import _sim
-    from demos.dataset import EXECUTED_ACTIONS, load_episode_arrays, load_start_states
     from demos.replay import load_episode, replay_episode
+    from libero_core.starts import EXECUTED_ACTIONS, load_episode_arrays, load_start_states
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]
@@ -202,9 +203,9 @@ def test_frames_equal_lerobots_libero_pipeline(generated):
     from lerobot.processor.env_processor import LiberoProcessorStep
 
     from demos.attempt import _sim
-    from demos.dataset import load_start_states
     from demos.replay import reset_to
-    from eval_libero.sim import frame_from_obs
+    from libero_core.sim import frame_from_obs
+    from libero_core.starts import load_start_states
 
     root = generated[0]
     rec = load_meta(root)["episodes"][0]

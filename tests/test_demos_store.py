@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from demos.attempt import drop_noops
-from demos.dataset import STAGING, DemoStore, features, load_meta, stage_attempt
+from demos.dataset import STAGING, DemoStore, features, stage_attempt
 from demos.generate import next_attempts
-from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY
+from libero_core.starts import load_meta
 from r1vla.cli import main
 
 

@@ -12,9 +12,9 @@ import time
 from eval_probe import ecfg, save_probe
 from fake_worker import dies_after_reply_worker, faulty_worker, run_on_fake_workers
 
-from eval_libero import records as rec_io
 from eval_libero import run as run_mod
 from eval_libero.run import evaluate
+from libero_core import records as rec_io
 from r1vla.cli import main
 
 

@@ -56,8 +56,8 @@ def test_lerobot_env_and_harness_give_the_policy_identical_inputs(probe):
     from lerobot.envs.utils import preprocess_observation
 
     from eval_libero.lerobot_compat import env_inputs, is_patched, patch_lerobot_libero
-    from eval_libero.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoSim, frame_from_obs
     from eval_libero.worker import raw_obs_for_lerobot
+    from libero_core.sim import IMAGE_KEY, STATE_KEY, WRIST_KEY, LiberoSim, frame_from_obs
 
     patch_lerobot_libero()
     patch_lerobot_libero()  # idempotent
@@ -119,7 +119,7 @@ def test_a_policy_trained_on_128_pixel_frames_is_evaluated_on_them(tmp_path):
 def test_render_on_demand_is_byte_identical_to_rendering_every_step(probe, reference, tmp_path, monkeypatch):
     """Cameras render only on the steps whose observation the policy reads: those frames equal every-step
     rendering byte for byte (same sim state), the other frames are black, and the records are identical."""
-    from eval_libero.sim import CAMERAS, LiberoSim
+    from libero_core.sim import CAMERAS, LiberoSim
 
     every, lazy = LiberoSim("libero_object", 0), LiberoSim("libero_object", 0)
     acts = np.clip(np.random.default_rng(0).normal(0, 0.5, (24, 7)), -1, 1)

@@ -95,7 +95,7 @@ def test_fixture_placement_is_seeded_per_episode(probe, tmp_path):
         )
     assert pick(two, 1, 8)["first_obs_sha256"] != ref["first_obs_sha256"]
 
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     sim = LiberoSim("libero_goal", 1, render=False)
     m = sim.env.sim.model

@@ -75,7 +75,7 @@ def test_lerobot_plugin_import_applies_the_libero_patch():
 def test_lerobot06_protocol_caps_are_lerobots_own():
     from lerobot.envs.libero import TASK_SUITE_MAX_STEPS
 
-    from eval_libero.suites import SUITES, max_steps
+    from libero_core.suites import SUITES, max_steps
 
     assert {name: max_steps(s, "lerobot06") for name, s in SUITES.items()} == {
         name: TASK_SUITE_MAX_STEPS[name] for name in SUITES

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval_libero.perturbations import PERTURBATIONS, bddl_language, check_files, parse_perturbations
-from eval_libero.sim import init_states, task_info
-from eval_libero.suites import SUITES
+from libero_core.perturbations import PERTURBATIONS, bddl_language, check_files, parse_perturbations
+from libero_core.sim import init_states, task_info
+from libero_core.suites import SUITES
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -53,7 +53,7 @@ def test_task_variant_has_its_own_goal_and_swap_its_own_init_states(suite):
 @pytest.mark.libero
 def test_task_variant_success_predicate_is_the_variants():
     """The env of libero_object_task task 0 is built from the variant's BDDL: its goal is the cream cheese's."""
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     sim = LiberoSim("libero_object", 0, render=False, perturbation="task")
     parsed = sim.env.env.parsed_problem["goal_state"]

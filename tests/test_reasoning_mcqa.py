@@ -134,7 +134,7 @@ def test_mcqa_cli_show_prints_chat_text(source, tmp_path, tiny_backbone_dir, cap
 @pytest.mark.libero
 def test_keypoints_at_expert_grasp_and_release():
     from demos.expert import run_expert
-    from eval_libero.sim import LiberoSim
+    from libero_core.sim import LiberoSim
 
     sim = LiberoSim("libero_object", 1, render=False)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from eval_libero.records import (
+from libero_core.records import (
     RecordWriter,
     done_marker,
     load_records,

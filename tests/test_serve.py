@@ -137,8 +137,8 @@ def test_recorded_observation_gives_the_same_policy_inputs_and_action(which, r1v
 
     from eval_libero.checkpoint import load_policy_config, load_runner
     from eval_libero.runner import Row
-    from eval_libero.sim import LiberoSim
     from eval_libero.worker import raw_obs_for_lerobot
+    from libero_core.sim import LiberoSim
     from r1vla.serve import make_server
 
     ckpt = {"r1vla": r1vla_ckpt, "act": act_ckpt}[which]

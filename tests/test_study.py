@@ -286,7 +286,7 @@ def _fake_demos(root: Path, inits: list[int]) -> Path:
     """meta/r1vla_demos.json + meta/start_states.npz of episodes that started from these official init states."""
     import numpy as np
 
-    from eval_libero.sim import init_states
+    from libero_core.sim import init_states
 
     (root / "meta").mkdir(parents=True)
     official = init_states("libero_object", 0)
