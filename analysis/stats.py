@@ -6,7 +6,7 @@ the statistic is computed per replicate on its own episodes (so each value carri
 too), and reported as mean ± t_{0.975, n−1} sd / sqrt(n), p from the one-sample t-test of the values against 0
 (`t_over_seeds`). A bootstrap over 3 seeds cannot be wide enough (in simulation with 3 seeds and a per-seed SD of
 10 pp its 95% CI of Δ covered the truth 78% of the time for the Average, 88% per suite; the t-interval 95%
-and 94%, in 400 studies simulated as in tests/test_compare.py `test_delta_ci_coverage`). The sd is floored at the
+and 94%, in 400 studies simulated as in tests/test_compare_known.py `test_delta_ci_coverage`). The sd is floored at the
 seeds' own episode (cluster) sampling variance (`t_over_seeds`, method T_FLOORED when the floor applies): with
 discrete outcomes and 2-3 seeds, tied or nearly tied per-seed values are common, and a bootstrap over seeds or a
 mixed model's seed variance is then ~0 too (the pooled bootstrap this replaces was ~6x narrower than the
