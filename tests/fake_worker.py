@@ -29,7 +29,8 @@ def _done(steps: int) -> tuple:
 
 def _serve(conn, on_reset: Callable, sim_error: Callable = lambda spec: False) -> None:
     """The protocol loop of a fake worker: `on_reset(conn, spec)` answers a reset; a chunk for which
-    `sim_error(spec)` holds gets a simulator error; otherwise 3-step-per-action episodes until max_steps."""
+    `sim_error(spec)` holds gets a simulator error; any other chunk advances the episode by its length, which
+    ends (unsuccessful) at spec.max_steps steps."""
     steps = 0
     while True:
         msg = conn.recv()
