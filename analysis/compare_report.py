@@ -279,6 +279,12 @@ def _tasks(runs: dict, suites: list[str]) -> list[str]:
     return lines
 
 
+def _plain(err: list) -> list[list[float]]:
+    """Error bars (lower, upper) as plain lists: matplotlib reads the first of 1-element arrays (one group) through
+    `math.isfinite(array)`, which NumPy deprecates (and will make an error)."""
+    return [[float(v) for v in e] for e in err]
+
+
 def _bars(ax, groups: list[str], series: dict[str, list[dict | None]], key: str = "success_rate") -> None:
     import numpy as np
 
@@ -291,7 +297,7 @@ def _bars(ax, groups: list[str], series: dict[str, list[dict | None]], key: str 
         hi = np.array([100 * c[1] if c and c[1] is not None else np.nan for c in ci])
         x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
         err = [np.nan_to_num(np.clip(y - lo, 0, None)), np.nan_to_num(np.clip(hi - y, 0, None))]
-        ax.bar(x, y, width, label=n, yerr=err, capsize=3)
+        ax.bar(x, y, width, label=n, yerr=_plain(err), capsize=3)
     ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
     ax.set_ylabel("success (%)")
     ax.set_ylim(0, 105)
@@ -333,7 +339,7 @@ def plot_suites(rep: dict, path: Path) -> None:
             hi = np.array([100 * x["delta_ci95"][1] if x.get("delta") is not None else np.nan for x in t])
             x = np.arange(len(groups)) + (i - (len(others) - 1) / 2) * 0.15
             dx.errorbar(
-                x, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="o", capsize=3, label=n
+                x, y, yerr=_plain([np.nan_to_num(y - lo), np.nan_to_num(hi - y)]), fmt="o", capsize=3, label=n
             )
         dx.axhline(0, color="k", lw=0.8)
         dx.set_xticks(np.arange(len(groups)), names, fontsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,13 @@ def test_ood_three_seeds_and_no_difference():
     vs = same["ood"]["r1"]["libero_goal/lan"]["vs_baseline"]
     assert vs["delta_drop"] == 0.0 and vs["p_value"] == 1.0
     assert vs["verdict"] == "no detectable difference in the drop between the checkpoints"
+
+
+def test_figures_with_one_suite_and_one_perturbation_raise_no_deprecation(tmp_path):
+    """The tiny study's shape (one suite, one variant): matplotlib read 1-element error bars given as a list of
+    arrays through `math.isfinite(array)`, which NumPy deprecates and will make an error."""
+    runs = [write_run(tmp_path / n, n, ood_cells(0.5, 0.3, n=20)) for n in ("sft", "r1")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        compare_runs(runs, "sft", tmp_path / "rep", **QUIET)
+    assert (tmp_path / "rep" / "per_perturbation.png").read_bytes()[:4] == b"\x89PNG"
