@@ -37,6 +37,21 @@ def relative_weight_change(model: Any, base: Any) -> dict:
     return {"relative_weight_change": math.sqrt(num / den), "tensors": tensors, "parameters": params}
 
 
+def token_kl(logits_p: Any, logits_q: Any) -> Any:
+    """(B, L, V) logits of two models -> (B, L) KL(p || q) per token, in float64, one row at a time (a (L, V)
+    float64 pair at 7B's vocabulary is ~0.5 GB a tensor). A built backbone may move its next-token distributions by
+    ~1e-10 nats (GRPO at a small lr), far below a float32 log-softmax's rounding (~1e-7): there the sum came out
+    negative. KL >= 0, so what rounding leaves below 0 is clamped."""
+    import torch
+
+    rows = []
+    for p, q in zip(logits_p, logits_q.to(logits_p.device), strict=True):  # (L, V) each
+        lp = torch.log_softmax(p.double(), dim=-1)
+        lq = torch.log_softmax(q.double(), dim=-1)
+        rows.append((lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0))
+    return torch.stack(rows)
+
+
 def kl_to_base(model: Any, base: Any, processor: Any, rows: Any, batch_size: int = 4) -> dict:
     """{"kl_to_base", "tokens", "questions"}: mean over prompt tokens of KL(p_model || p_base), nats/token."""
     import torch
@@ -54,9 +69,7 @@ def kl_to_base(model: Any, base: Any, processor: Any, rows: Any, batch_size: int
             return_tensors="pt",
         ).to(model.device)
         with torch.no_grad():
-            lp = torch.log_softmax(model(**batch).logits.float(), dim=-1)
-            lq = torch.log_softmax(base(**batch.to(base.device)).logits.float(), dim=-1).to(lp.device)
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # (B, L)
+            kl = token_kl(model(**batch).logits, base(**batch.to(base.device)).logits)  # (B, L)
         mask = batch["attention_mask"].to(kl.device).bool()
         total += float(kl[mask].double().sum())
         tokens += int(mask.sum())
