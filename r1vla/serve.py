@@ -26,10 +26,10 @@ import errno
 import socket
 import sys
 import time
-from importlib import metadata
 from typing import Any
 
 from eval_libero.plan import EvalError
+from hints import versions
 
 VLA_EVAL_VERSIONS = ("0.8.",)  # the vla-eval releases this module was written and tested against
 CAMERAS = {
@@ -41,12 +41,9 @@ TIMEOUT_FLOOR_S = 30.0  # vla-eval's default server timeout
 
 def check_vla_eval() -> str:
     """The installed vla-eval version; EvalError if it is missing or not one this package was written for."""
-    try:
-        v = metadata.version("vla-eval")
-    except metadata.PackageNotFoundError:
-        raise EvalError(
-            "vla-eval is not installed: pip install 'vla-eval==0.8.*' (scripts/setup.sh does)"
-        ) from None
+    v = versions(["vla-eval"])["vla-eval"]
+    if v is None:
+        raise EvalError("vla-eval is not installed: pip install 'vla-eval==0.8.*' (scripts/setup.sh does)")
     if not v.startswith(VLA_EVAL_VERSIONS):
         raise EvalError(
             f"vla-eval {v} is installed; r1vla serve/crosscheck were written for vla-eval "

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from libero_core.starts import Start, recorded_starts
+from libero_core.starts import Start, load_meta, load_start_states, recorded_starts
 
 TOLERANCE = 1e-4
 
 
 def provenance(root: str | None) -> str:
     """One sentence on where the dataset's episodes started (for the report)."""
-    from libero_core.starts import load_meta, load_start_states
-
     if root is None:
         return (
             "unknown: a hub dataset records no start states, so overlap with evaluation states is not checked"

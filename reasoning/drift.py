@@ -71,7 +71,7 @@ def kl_to_base(model: Any, base: Any, processor: Any, rows: Any, batch_size: int
         with torch.no_grad():
             kl = token_kl(model(**batch).logits, base(**batch.to(base.device)).logits)  # (B, L)
         mask = batch["attention_mask"].to(kl.device).bool()
-        total += float(kl[mask].double().sum())
+        total += float(kl[mask].sum())  # float64 already
         tokens += int(mask.sum())
     return {"kl_to_base": total / max(tokens, 1), "tokens": tokens, "questions": len(rows)}
 

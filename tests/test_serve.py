@@ -84,10 +84,10 @@ def test_folder_that_is_not_a_lerobot_policy_is_a_clear_error(tmp_path, capsys):
 
 
 def test_vla_eval_version_not_written_for_is_a_clear_error(r1vla_ckpt, tmp_path, monkeypatch, capsys):
-    import r1vla.serve as serve
+    from importlib import metadata  # what hints.versions reads
 
-    real = serve.metadata.version
-    monkeypatch.setattr(serve.metadata, "version", lambda p: "0.9.1" if p == "vla-eval" else real(p))
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda p: "0.9.1" if p == "vla-eval" else real(p))
     assert main(["serve", "--policy", str(r1vla_ckpt)]) == 2
     err = capsys.readouterr().err
     assert "vla-eval 0.9.1 is installed; r1vla serve/crosscheck were written for vla-eval 0.8.*" in err
